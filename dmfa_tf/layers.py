@@ -1,0 +1,311 @@
+"""Keras layers of the DMFA network: the masked input and the mixture heads.
+
+Layers return tensors, never TFP objects (`tfp.layers` does not work in Keras
+3): the heads return a dict of the mixture parameters, and the distribution is
+built from that dict outside the network (`MaskedFactorMixture.from_images`).
+
+Glossary: `B` batch, `H, W, C` image height, width, channels,
+`N = H * W * C`, `K` components, `L` factors, `F` features.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+__all__ = [
+    "ConvMixtureHead",
+    "DenseMixtureHead",
+    "ObservedInput",
+    "constrain_diag",
+    "constrain_factors",
+]
+
+PACKAGE = "dmfa_tf"
+
+FACTOR_ACTIVATIONS = ("sigmoid", "tanh", "linear")
+VARIANCE_ACTIVATIONS = ("sigmoid", "softplus")
+
+
+def constrain_factors(raw, amplitude, activation="sigmoid"):
+    """Factor loadings from unconstrained values.
+
+    `sigmoid` is the paper's `a * sigmoid(z) - a / 2`, in `(-a/2, a/2)`;
+    `tanh` is `a/2 * tanh(z)`, the same range; `linear` leaves `z` as it is.
+    """
+    if activation == "sigmoid":
+        return amplitude * ops.sigmoid(raw) - amplitude / 2.0
+    if activation == "tanh":
+        return amplitude / 2.0 * ops.tanh(raw)
+    return raw
+
+
+def constrain_diag(raw, floor, activation="sigmoid"):
+    """Diagonal variances from unconstrained values: `floor + sigmoid(z)` (the
+    paper's, at most `1 + floor`) or `floor + softplus(z)` (unbounded). The floor
+    bounds how confident the model may be: each missing coordinate adds at most
+    `-log(2 pi floor) / 2` nats of log density."""
+    if activation == "sigmoid":
+        return floor + ops.sigmoid(raw)
+    return floor + ops.softplus(raw)
+
+
+def _check_choice(value, choices, what):
+    if value not in choices:
+        raise ValueError(f"`{what}` must be one of {choices}. Received: {what}={value!r}")
+
+
+def _check_positive_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{what}` must be a positive integer. Received: {what}={value!r}")
+
+
+def _check_image_shape(image_shape):
+    shape = tuple(image_shape)
+    if len(shape) != 3 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape
+    ):
+        raise ValueError(
+            "`image_shape` must be three positive integers (height, width, channels). "
+            f"Received: image_shape={image_shape!r}"
+        )
+    return shape
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ObservedInput(keras.layers.Layer):
+    """The network's view of a masked image: `concat(image * known, known)`.
+
+    `known` is 1 where the mask is 1 and 0 elsewhere (missing or absent). The
+    image is zeroed with a select, not a product, so any value at an unknown
+    pixel, NaN included, is ignored.
+
+    Args:
+        validate: check every batch and stop with an error naming the problem
+            when the mask holds values other than 1, 0 and -1, or observed
+            pixels are NaN, inf or outside [0, 1]. The checks are TensorFlow
+            assertions: XLA-compiled functions leave them out.
+
+    Input shape:
+        `image`: `[B, H, W, C]`; `mask`: `[B, H, W, 1]` or `[B, H, W, C]`.
+
+    Output shape:
+        `[B, H, W, 2 * C]`.
+    """
+
+    def __init__(self, validate=True, **kwargs):
+        super().__init__(**kwargs)
+        self.validate = bool(validate)
+
+    def call(self, image, mask):
+        known = ops.broadcast_to(ops.greater(mask, 0.5), ops.shape(image))
+        visible = ops.where(known, image, ops.zeros_like(image))
+        if self.validate:
+            visible = _checked(visible, known, mask)
+        return ops.concatenate([visible, ops.cast(known, image.dtype)], axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config["validate"] = self.validate
+        return config
+
+
+def _checked(visible, known, mask):
+    """`visible` behind assertions on the mask codes and the observed pixels."""
+    checks = [
+        tf.debugging.Assert(
+            tf.reduce_all((mask == 1.0) | (mask == 0.0) | (mask == -1.0)),
+            ["dmfa_tf: `mask` must hold only 1 (observed), 0 (missing) and -1 (absent)."],
+        ),
+        tf.debugging.Assert(
+            tf.reduce_all(tf.math.is_finite(visible)),
+            ["dmfa_tf: `image` holds NaN or inf at observed pixels (mask 1)."],
+        ),
+        tf.debugging.Assert(
+            tf.reduce_all((visible >= 0.0) & (visible <= 1.0)),
+            ["dmfa_tf: `image` holds values outside [0, 1] at observed pixels (mask 1)."],
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(visible)
+
+
+class _MixtureHead(keras.layers.Layer):
+    """Shared configuration and constraints of the mixture heads."""
+
+    def __init__(
+        self,
+        image_shape,
+        components=1,
+        factors=4,
+        factor_amplitude=0.5,
+        factor_activation="sigmoid",
+        variance_floor=1e-4,
+        variance_activation="sigmoid",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.image_shape = _check_image_shape(image_shape)
+        _check_positive_int(components, "components")
+        _check_positive_int(factors, "factors")
+        _check_choice(factor_activation, FACTOR_ACTIVATIONS, "factor_activation")
+        _check_choice(variance_activation, VARIANCE_ACTIVATIONS, "variance_activation")
+        if not factor_amplitude > 0:
+            raise ValueError(
+                f"`factor_amplitude` must be > 0. Received: factor_amplitude={factor_amplitude!r}"
+            )
+        if not variance_floor >= 0:
+            raise ValueError(
+                f"`variance_floor` must be >= 0. Received: variance_floor={variance_floor!r}"
+            )
+        self.components = components
+        self.factors = factors
+        self.factor_amplitude = float(factor_amplitude)
+        self.factor_activation = factor_activation
+        self.variance_floor = float(variance_floor)
+        self.variance_activation = variance_activation
+        height, width, channels = self.image_shape
+        self.event_size = height * width * channels
+
+    def _finish(self, logits, loc, factors, diag):
+        return {
+            "logits": logits,  # [B, K]
+            "loc": loc,  # [B, K, N]
+            "factors": constrain_factors(
+                factors, self.factor_amplitude, self.factor_activation
+            ),  # [B, K, N, L]
+            "diag": constrain_diag(
+                diag, self.variance_floor, self.variance_activation
+            ),  # [B, K, N]
+        }
+
+    def compute_output_spec(self, features):
+        batch = features.shape[0]
+        k, n, l = self.components, self.event_size, self.factors
+        return {
+            "logits": keras.KerasTensor((batch, k), dtype=self.compute_dtype),
+            "loc": keras.KerasTensor((batch, k, n), dtype=self.compute_dtype),
+            "factors": keras.KerasTensor((batch, k, n, l), dtype=self.compute_dtype),
+            "diag": keras.KerasTensor((batch, k, n), dtype=self.compute_dtype),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            image_shape=list(self.image_shape),
+            components=self.components,
+            factors=self.factors,
+            factor_amplitude=self.factor_amplitude,
+            factor_activation=self.factor_activation,
+            variance_floor=self.variance_floor,
+            variance_activation=self.variance_activation,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DenseMixtureHead(_MixtureHead):
+    """Mixture parameters from a feature vector, one dense layer per parameter
+    (the paper's "linear heads").
+
+    Args:
+        image_shape: `(H, W, C)` of the modelled images.
+        components: K, the number of mixture components.
+        factors: L, the number of factors per component.
+        factor_amplitude: `a` in the factor constraint (see `constrain_factors`).
+        factor_activation: `"sigmoid"` (the paper's), `"tanh"` or `"linear"`.
+        variance_floor: the smallest variance (see `constrain_diag`).
+        variance_activation: `"sigmoid"` (the paper's) or `"softplus"`.
+
+    Input shape:
+        `[B, F]` features.
+
+    Output shape:
+        dict: `logits [B, K]`, `loc [B, K, N]`, `factors [B, K, N, L]`,
+        `diag [B, K, N]`.
+    """
+
+    def build(self, features_shape):
+        k, n, l = self.components, self.event_size, self.factors
+        self.logits_dense = keras.layers.Dense(k, name="logits")
+        self.loc_dense = keras.layers.Dense(k * n, name="loc")
+        self.factors_dense = keras.layers.Dense(k * n * l, name="factors")
+        self.diag_dense = keras.layers.Dense(k * n, name="diag")
+        for dense in (self.logits_dense, self.loc_dense, self.factors_dense, self.diag_dense):
+            dense.build(features_shape)
+
+    def call(self, features):
+        k, n, l = self.components, self.event_size, self.factors
+        return self._finish(
+            self.logits_dense(features),
+            ops.reshape(self.loc_dense(features), (-1, k, n)),
+            ops.reshape(self.factors_dense(features), (-1, k, n, l)),
+            ops.reshape(self.diag_dense(features), (-1, k, n)),
+        )
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConvMixtureHead(_MixtureHead):
+    """Mixture parameters from a feature map with the image's height and width:
+    a convolution per parameter predicts each pixel's mean, variance and factor
+    loadings, and the mixture logits come from globally pooled features. The
+    weight count does not depend on the image area.
+
+    Args:
+        kernel_size: the head convolutions' kernel size.
+        Others: as in `DenseMixtureHead`.
+
+    Input shape:
+        `[B, H, W, F]` features.
+
+    Output shape:
+        as `DenseMixtureHead`.
+    """
+
+    def __init__(self, image_shape, kernel_size=3, **kwargs):
+        super().__init__(image_shape, **kwargs)
+        _check_positive_int(kernel_size, "kernel_size")
+        self.kernel_size = kernel_size
+
+    def build(self, features_shape):
+        height, width, _ = self.image_shape
+        if tuple(features_shape[1:3]) != (height, width):
+            raise ValueError(
+                f"ConvMixtureHead expects features of size {height}x{width}. "
+                f"Received: features_shape={tuple(features_shape)}"
+            )
+        k, l, c = self.components, self.factors, self.image_shape[2]
+        conv = lambda filters, name: keras.layers.Conv2D(  # noqa: E731
+            filters, self.kernel_size, padding="same", name=name
+        )
+        self.loc_conv = conv(k * c, "loc")
+        self.diag_conv = conv(k * c, "diag")
+        self.factors_conv = conv(k * c * l, "factors")
+        self.logits_dense = keras.layers.Dense(k, name="logits")
+        for layer in (self.loc_conv, self.diag_conv, self.factors_conv):
+            layer.build(features_shape)
+        self.logits_dense.build((features_shape[0], features_shape[-1]))
+
+    def call(self, features):
+        height, width, channels = self.image_shape
+        k, n, l = self.components, self.event_size, self.factors
+
+        def per_component(values, extra):
+            # [B, H, W, K * C * extra] -> [B, K, N(, extra)], N in (H, W, C) order
+            values = ops.reshape(values, (-1, height, width, k, channels * extra))
+            values = ops.transpose(values, (0, 3, 1, 2, 4))
+            return ops.reshape(values, (-1, k, n) + ((extra,) if extra > 1 else ()))
+
+        factors = per_component(self.factors_conv(features), l)
+        if l == 1:
+            factors = ops.expand_dims(factors, -1)
+        return self._finish(
+            self.logits_dense(ops.mean(features, axis=(1, 2))),
+            per_component(self.loc_conv(features), 1),
+            factors,
+            per_component(self.diag_conv(features), 1),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config["kernel_size"] = self.kernel_size
+        return config

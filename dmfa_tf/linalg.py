@@ -1,0 +1,130 @@
+"""Small dense linear algebra written with element-wise ops only.
+
+The factor-analyser densities in this package need one Cholesky factorisation of
+an `L x L` capacitance matrix per component, where `L` (the number of factors) is
+small and known when the graph is built. `tf.linalg.cholesky` and
+`tf.linalg.triangular_solve` are not TFLite builtin ops, so a model that uses
+them cannot run in the plain LiteRT interpreter. Unrolling the factorisation
+over the static `L` gives a graph of slices, multiplies, adds, square roots and
+divisions, which converts to TFLite builtins, compiles under XLA and has
+ordinary gradients. The distribution and the exported models share these
+functions, so there is one copy of the math.
+
+For `L` above `MAX_UNROLLED` the functions fall back to the TensorFlow kernels
+(the graph of an unrolled factorisation grows as `L**3`).
+
+Glossary of shape letters: `L` the matrix size (number of factors), `M` the
+number of right-hand sides, `...` any batch shape.
+"""
+
+import tensorflow as tf
+
+__all__ = [
+        "MAX_UNROLLED",
+        "cholesky",
+        "cholesky_log_det",
+        "solve_lower",
+        "solve_upper",
+]
+
+# Largest matrix size that is factorised with unrolled element-wise ops.
+MAX_UNROLLED = 16
+
+
+def _unrolled(size):
+    return size is not None and size <= MAX_UNROLLED
+
+
+def cholesky(matrix):
+    """Lower-triangular Cholesky factor of symmetric positive definite matrices.
+
+    Args:
+        matrix: `[..., L, L]` float tensor; only its lower triangle is read.
+
+    Returns:
+        `[..., L, L]` lower-triangular `chol` with `chol @ chol^T == matrix`.
+    """
+    matrix = tf.convert_to_tensor(matrix)
+    size = matrix.shape[-1]
+    if not _unrolled(size):
+        return tf.linalg.cholesky(matrix)
+    entries = [tf.unstack(row, axis=-1) for row in tf.unstack(matrix, axis=-2)]
+    chol = [[None] * size for _ in range(size)]
+    for j in range(size):
+        pivot = entries[j][j]
+        for k in range(j):
+            pivot = pivot - tf.square(chol[j][k])
+        chol[j][j] = tf.sqrt(pivot)  # [...]
+        for i in range(j + 1, size):
+            value = entries[i][j]
+            for k in range(j):
+                value = value - chol[i][k] * chol[j][k]
+            chol[i][j] = value / chol[j][j]  # [...]
+    zero = tf.zeros_like(entries[0][0])
+    rows = [
+            tf.stack([chol[i][j] if j <= i else zero for j in range(size)], axis=-1)
+            for i in range(size)
+    ]
+    return tf.stack(rows, axis=-2)  # [..., L, L]
+
+
+def cholesky_log_det(chol):
+    """`log det(chol @ chol^T)` from a Cholesky factor `[..., L, L]` -> `[...]`."""
+    return 2.0 * tf.reduce_sum(tf.math.log(tf.linalg.diag_part(chol)), axis=-1)
+
+
+def solve_lower(chol, rhs):
+    """Solves `chol @ x = rhs` for lower-triangular `chol`.
+
+    Args:
+        chol: `[..., L, L]` lower-triangular matrices with non-zero diagonals.
+        rhs: `[..., L, M]` right-hand sides (batch shapes broadcast).
+
+    Returns:
+        `[..., L, M]` solutions.
+    """
+    size = chol.shape[-1]
+    if not _unrolled(size):
+        chol, rhs = _broadcast_batch(chol, rhs)
+        return tf.linalg.triangular_solve(chol, rhs, lower=True)
+    c = [tf.unstack(row, axis=-1) for row in tf.unstack(chol, axis=-2)]
+    b = tf.unstack(rhs, axis=-2)  # L tensors [..., M]
+    x = []
+    for i in range(size):
+        value = b[i]
+        for k in range(i):
+            value = value - c[i][k][..., None] * x[k]
+        x.append(value / c[i][i][..., None])  # [..., M]
+    return tf.stack(x, axis=-2)  # [..., L, M]
+
+
+def solve_upper(chol, rhs):
+    """Solves `chol^T @ x = rhs` for lower-triangular `chol` (back substitution).
+
+    Args:
+        chol: `[..., L, L]` lower-triangular matrices with non-zero diagonals.
+        rhs: `[..., L, M]` right-hand sides (batch shapes broadcast).
+
+    Returns:
+        `[..., L, M]` solutions.
+    """
+    size = chol.shape[-1]
+    if not _unrolled(size):
+        chol, rhs = _broadcast_batch(chol, rhs)
+        return tf.linalg.triangular_solve(chol, rhs, lower=True, adjoint=True)
+    c = [tf.unstack(row, axis=-1) for row in tf.unstack(chol, axis=-2)]
+    b = tf.unstack(rhs, axis=-2)
+    x = [None] * size
+    for i in reversed(range(size)):
+        value = b[i]
+        for k in range(i + 1, size):
+            value = value - c[k][i][..., None] * x[k]
+        x[i] = value / c[i][i][..., None]
+    return tf.stack(x, axis=-2)
+
+
+def _broadcast_batch(chol, rhs):
+    batch = tf.broadcast_dynamic_shape(tf.shape(chol)[:-2], tf.shape(rhs)[:-2])
+    chol = tf.broadcast_to(chol, tf.concat([batch, tf.shape(chol)[-2:]], 0))
+    rhs = tf.broadcast_to(rhs, tf.concat([batch, tf.shape(rhs)[-2:]], 0))
+    return chol, rhs

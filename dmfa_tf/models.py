@@ -1,0 +1,263 @@
+"""DMFA networks: `build_model` and the architectures it knows.
+
+A model is a Keras 3 functional model with inputs `image` `[B, H, W, C]` (in
+[0, 1]) and `mask` `[B, H, W, 1 or C]` (1 observed, 0 missing, -1 absent) and a
+dict of mixture parameters as output. `DMFAModel` adds the masked negative
+log-likelihood as its loss, so training is `model.compile(optimizer)` then
+`model.fit(data)` on a data set of `{"image", "mask"}` dicts.
+
+| architecture | network | defaults |
+|---|---|---|
+| `linear_heads` | the paper's: 4 convolutions (5x5, 5x5, 5x5, 3x3; 16, 32, 64, 32 or 24 channels), dense heads on the flattened features | `a = 0.5`, floor `1e-10` (the paper's) |
+| `fullconv` | U-Net encoder-decoder (3 levels, 32 base channels, global context) with convolutional heads; the weight count does not depend on the image size | `a = 0.5`, floor `1e-4` |
+| `mlp` | two dense layers of 256 units, dense heads; for small inputs (8x8 digits) | `a = 0.5`, floor `1e-4` |
+"""
+
+import keras
+import tensorflow as tf
+
+from dmfa_tf.distribution import MaskedFactorMixture, unflatten_images
+from dmfa_tf.layers import ConvMixtureHead, DenseMixtureHead, ObservedInput
+from dmfa_tf.losses import negative_log_likelihood, squared_error, unpack_images
+
+__all__ = ["ARCHITECTURES", "DMFAModel", "build_model"]
+
+
+# === Architectures ===
+# Each takes the `[B, H, W, 2C]` network input and returns (features, head
+# class, architecture-specific head defaults).
+
+
+def _linear_heads(inputs, image_shape, last_channels=None):
+    """The paper's network (DESIGN.md section 2); `last_channels` defaults to the
+    paper's 32 for grey images and 24 for colour ones."""
+    if last_channels is None:
+        last_channels = 32 if image_shape[2] == 1 else 24
+    x = inputs
+    for filters, kernel in ((16, 5), (32, 5), (64, 5), (last_channels, 3)):
+        x = keras.layers.Conv2D(filters, kernel, padding="same", activation="relu")(x)
+    features = keras.layers.Flatten()(x)
+    return features, DenseMixtureHead, dict(factor_amplitude=0.5, variance_floor=1e-10)
+
+
+def _conv_block(x, filters, name):
+    for i in range(2):
+        x = keras.layers.Conv2D(
+            filters, 3, padding="same", activation="relu", name=f"{name}_conv{i}"
+        )(x)
+    return x
+
+
+def _fullconv(inputs, image_shape, width=32, depth=3):
+    """U-Net: `depth` stride-2 levels with channels doubling per level, a
+    global-context vector added at the bottom, skip connections. Inputs are
+    zero-padded to a multiple of `2**depth` and the output cropped back, so
+    any image size works and the weight count does not depend on it."""
+    height, image_width, _ = image_shape
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"`depth` must be a non-negative integer. Received: depth={depth!r}")
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"`width` must be a positive integer. Received: width={width!r}")
+    multiple = 2**depth
+    pad_h, pad_w = (-height) % multiple, (-image_width) % multiple
+    padding = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
+    x = inputs
+    if pad_h or pad_w:
+        x = keras.layers.ZeroPadding2D(padding, name="pad")(x)
+    x = _conv_block(x, width, "enc0")
+    skips = []
+    for level in range(1, depth + 1):
+        skips.append(x)
+        filters = width * 2**level
+        x = keras.layers.Conv2D(
+            filters, 3, strides=2, padding="same", activation="relu", name=f"down{level}"
+        )(x)
+        x = _conv_block(x, filters, f"enc{level}")
+    context = keras.layers.GlobalAveragePooling2D(name="context_pool")(x)
+    context = keras.layers.Dense(x.shape[-1], activation="relu", name="context")(context)
+    x = keras.layers.Add(name="add_context")([x, keras.layers.Reshape((1, 1, -1))(context)])
+    for level in reversed(range(depth)):
+        filters = width * 2**level
+        x = keras.layers.Conv2DTranspose(
+            filters, 2, strides=2, padding="same", name=f"up{level}"
+        )(x)
+        x = keras.layers.Concatenate(name=f"skip{level}")([x, skips[level]])
+        x = _conv_block(x, filters, f"dec{level}")
+    if pad_h or pad_w:
+        x = keras.layers.Cropping2D(padding, name="crop")(x)
+    return x, ConvMixtureHead, dict(factor_amplitude=0.5, variance_floor=1e-4)
+
+
+def _mlp(inputs, image_shape, hidden=(256, 256)):
+    """Dense layers on the flattened input."""
+    x = keras.layers.Flatten()(inputs)
+    for i, units in enumerate(hidden):
+        x = keras.layers.Dense(units, activation="relu", name=f"hidden{i}")(x)
+    return x, DenseMixtureHead, dict(factor_amplitude=0.5, variance_floor=1e-4)
+
+
+ARCHITECTURES = {
+    "linear_heads": _linear_heads,
+    "fullconv": _fullconv,
+    "mlp": _mlp,
+}
+
+
+def build_model(
+    image_shape,
+    architecture="fullconv",
+    components=1,
+    factors=4,
+    factor_amplitude=None,
+    factor_activation="sigmoid",
+    variance_floor=None,
+    variance_activation="sigmoid",
+    name=None,
+    **architecture_kwargs,
+):
+    """Builds a DMFA network.
+
+    Args:
+        image_shape: `(H, W, C)`.
+        architecture: `"linear_heads"`, `"fullconv"` or `"mlp"` (module docstring).
+        components: K, mixture components.
+        factors: L, factors per component.
+        factor_amplitude: `a` in `A = a * sigmoid(z) - a / 2`; None for the
+            architecture's default.
+        factor_activation: `"sigmoid"`, `"tanh"` or `"linear"`.
+        variance_floor: smallest variance, `d = floor + sigmoid(z)`; None for the
+            architecture's default.
+        variance_activation: `"sigmoid"` or `"softplus"`.
+        name: the model's name (default `dmfa_<architecture>`).
+        **architecture_kwargs: `last_channels` (linear_heads), `width` and
+            `depth` (fullconv), `hidden` (mlp).
+
+    Returns:
+        A `DMFAModel`.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"Unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}."
+        )
+    image_shape = tuple(image_shape)
+    if len(image_shape) != 3 or not all(isinstance(v, int) and v > 0 for v in image_shape):
+        raise ValueError(
+            "`image_shape` must be (height, width, channels), positive integers. "
+            f"Received: image_shape={image_shape!r}"
+        )
+    image = keras.Input(shape=image_shape, name="image")
+    mask = keras.Input(shape=image_shape[:2] + (None,), name="mask")
+    network_input = ObservedInput(name="observed_input")(image, mask)
+    try:
+        features, head_class, defaults = ARCHITECTURES[architecture](
+            network_input, image_shape, **architecture_kwargs
+        )
+    except TypeError as error:
+        raise ValueError(
+            f"Bad option for architecture {architecture!r}: {error}"
+        ) from None
+    head = head_class(
+        image_shape,
+        components=components,
+        factors=factors,
+        factor_amplitude=defaults["factor_amplitude"]
+        if factor_amplitude is None
+        else factor_amplitude,
+        factor_activation=factor_activation,
+        variance_floor=defaults["variance_floor"] if variance_floor is None else variance_floor,
+        variance_activation=variance_activation,
+        name="mixture_head",
+    )
+    outputs = head(features)
+    return DMFAModel(
+        inputs={"image": image, "mask": mask},
+        outputs=outputs,
+        name=name or f"dmfa_{architecture}",
+    )
+
+
+@keras.saving.register_keras_serializable(package="dmfa_tf")
+class DMFAModel(keras.Model):
+    """A functional DMFA network that trains on its masked NLL.
+
+    `compile(optimizer)` needs no loss: `compute_loss` scores the network's
+    mixture on the missing pixels (`MaskedNLL`). `fit` takes a data set of
+    `{"image", "mask"}` dicts (the image is the target) or of
+    `({"image", "mask"}, target)` pairs. Metrics: `nll` (nats per image) and
+    `mse` (sum of squared errors of the most probable imputation per image).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nll_tracker = keras.metrics.Mean(name="nll")
+        self.mse_tracker = keras.metrics.Mean(name="mse")
+
+    @property
+    def image_shape(self):
+        """`(H, W, C)` of the images the model takes."""
+        return tuple(self.input["image"].shape[1:])
+
+    @property
+    def head(self):
+        return self.get_layer("mixture_head")
+
+    @property
+    def num_components(self):
+        return self.head.components
+
+    @property
+    def num_factors(self):
+        return self.head.factors
+
+    def compile(self, optimizer="adam", loss=None, **kwargs):
+        """As `keras.Model.compile`, without `loss`: the loss is the masked NLL."""
+        if loss is not None:
+            raise ValueError(
+                "DMFAModel trains on its masked negative log-likelihood (MaskedNLL); "
+                f"pass no `loss` to compile(). Received: loss={loss!r}"
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        # Called by `keras.saving.load_model`: compile again, optimizer state included.
+        config = dict(keras.saving.deserialize_keras_object(config))
+        config.pop("loss", None)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def _targets(self, x, y):
+        image, mask = unpack_images(x)
+        return (image if y is None else y), mask
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        target, mask = self._targets(x, y)
+        nll = negative_log_likelihood(y_pred, target, mask)  # [B]
+        self.nll_tracker.update_state(nll, sample_weight=sample_weight)
+        if sample_weight is not None:
+            nll = nll * tf.cast(tf.reshape(sample_weight, [-1]), nll.dtype)
+        loss = tf.reduce_mean(nll)
+        if self.losses:
+            loss += tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
+        # Keras sums per-replica losses; scale as its own losses do.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return loss / replicas if replicas > 1 else loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        target, mask = self._targets(x, y)
+        self.mse_tracker.update_state(
+            squared_error(y_pred, target, mask), sample_weight=sample_weight
+        )
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    # === Inference helpers (eager) ===
+
+    def mixture(self, image, mask, **kwargs):
+        """The `MaskedFactorMixture` of the missing pixels of `image` (observed
+        pixels kept in its samples and means); `kwargs` go to its constructor."""
+        params = self({"image": image, "mask": mask}, training=False)
+        return MaskedFactorMixture.from_images(params, mask, image, **kwargs)
+
+    def impute(self, image, mask):
+        """Images with the missing pixels replaced by the most probable imputation."""
+        return unflatten_images(self.mixture(image, mask).imputation(), self.image_shape)

@@ -1,0 +1,271 @@
+"""`train_and_evaluate`: the whole training run behind `train.py`.
+
+A run reads a data set, trains a DMFA network with `model.fit` on freshly
+masked images every epoch, scores it on the test split with seeded masks beside
+a diagonal-Gaussian baseline, and writes `<output>/model.keras`,
+`config.json` and `metrics.json`. Work files go to `<workdir>`:
+
+    <workdir>/checkpoints/last.keras   the model after the latest epoch
+    <workdir>/backup/                  BackupAndRestore state: run the same
+                                       command again to continue an
+                                       interrupted run where it stopped
+    <workdir>/log.csv                  per-epoch losses and metrics
+    <workdir>/tensorboard/             TensorBoard logs
+"""
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dmfa_tf import datasets, evaluation
+from dmfa_tf import masks as masks_lib
+from dmfa_tf.baselines import DiagonalGaussian
+from dmfa_tf.config import TrainConfig
+from dmfa_tf.models import build_model
+
+__all__ = [
+    "hardware_description",
+    "make_strategy",
+    "train_and_evaluate",
+    "training_data",
+    "write_outputs",
+]
+
+# Training masks are seeded (seed + TRAIN_MASK_OFFSET, i), so they never repeat
+# the evaluation masks (eval_seed, i) of small seeds.
+TRAIN_MASK_OFFSET = 2**31
+
+
+def make_strategy(name):
+    """The `tf.distribute` strategy called `name` (see `config.STRATEGIES`)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError) as error:
+            raise RuntimeError(f"--strategy=tpu: no TPU could be reached ({error}).") from None
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"Unknown strategy {name!r}.")
+
+
+def training_data(images, mask, batch_size, seed):
+    """An endless, shuffled, masked, batched data set of `{"image", "mask"}`.
+
+    The shuffle order and the masks are seeded; masks are drawn per element of
+    the endless stream, so every epoch sees new masks.
+    """
+    data = tf.data.Dataset.from_tensor_slices(np.asarray(images, np.float32))
+    data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
+    data = masks_lib.with_masks(data, mask, seed + TRAIN_MASK_OFFSET)
+    return data.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_data(images, mask, batch_size, seed):
+    data = tf.data.Dataset.from_tensor_slices(np.asarray(images, np.float32))
+    return masks_lib.with_masks(data, mask, seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def hardware_description():
+    """One line naming the CPU count and any GPUs TensorFlow sees."""
+    gpus = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        gpus.append(details.get("device_name", device.name))
+    text = f"{os.cpu_count()} CPU cores ({platform.machine()})"
+    if gpus:
+        text += ", GPU: " + ", ".join(gpus)
+    return text
+
+
+def write_outputs(output, model=None, files=None):
+    """Writes `model.keras` and the JSON `files` into `output` atomically: a
+    complete new folder replaces the old one, or nothing changes."""
+    output = os.path.abspath(output)
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    partial = f"{output}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    try:
+        if model is not None:
+            model.save(os.path.join(partial, "model.keras"))
+        for name, content in (files or {}).items():
+            with open(os.path.join(partial, name), "w") as f:
+                f.write(content if isinstance(content, str) else json.dumps(content, indent=2))
+                f.write("\n")
+        old = None
+        if os.path.exists(output):
+            old = f"{output}.old-{os.getpid()}"
+            os.replace(output, old)
+        os.replace(partial, output)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _callbacks(workdir, verbose):
+    os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
+        keras.callbacks.ModelCheckpoint(os.path.join(workdir, "checkpoints", "last.keras")),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+    ]
+
+
+def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
+    """Trains, scores and saves a DMFA model.
+
+    Args:
+        config: a `TrainConfig` (defaults are filled in here).
+        verbose: 0 silent, 1 progress bars and the summary, 2 one line per epoch.
+        command: the command line to record in `metrics.json`.
+        callbacks: Keras callbacks to add to the run's own.
+
+    Returns:
+        The metrics dict also written to `<output>/metrics.json`.
+    """
+    started = time.time()
+    config = config.resolved()
+    keras.utils.set_random_seed(config.seed)
+    data = datasets.load(config.dataset, config.data_dir)
+    train_images = data.train[: config.max_train_images]
+    test_images = data.test[: config.max_test_images]
+    train_mask = masks_lib.parse(config.mask)
+    test_mask = masks_lib.parse(config.test_mask)
+    height, width, _ = data.image_shape
+    for generator in (train_mask, test_mask):  # a hole that does not fit fails here
+        generator(height, width, seed=[0, 0])
+
+    strategy = make_strategy(config.strategy)
+    architecture_kwargs = {}
+    if config.width is not None:
+        if config.architecture != "fullconv":
+            raise ValueError("`width` applies to the fullconv architecture only.")
+        architecture_kwargs["width"] = config.width
+    with strategy.scope():
+        model = build_model(
+            data.image_shape,
+            architecture=config.architecture,
+            components=config.components,
+            factors=config.factors,
+            factor_amplitude=config.factor_amplitude,
+            variance_floor=config.variance_floor,
+            variance_activation=config.variance_activation,
+            **architecture_kwargs,
+        )
+        jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=jit)
+
+    steps = max(1, len(train_images) // config.batch_size)
+    if verbose:
+        print(
+            f"Training {model.name} ({model.count_params():,} weights, K={config.components}, "
+            f"L={config.factors}, variance floor {model.head.variance_floor:g}) on "
+            f"{len(train_images):,} {config.dataset} images {data.image_shape}, masks "
+            f"{train_mask.spec()}, {config.epochs} epochs of {steps} steps, batch "
+            f"{config.batch_size}, on {hardware_description()}."
+        )
+    train_started = time.time()
+    model.fit(
+        training_data(train_images, train_mask, config.batch_size, config.seed),
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        validation_data=evaluation_data(data.val, test_mask, config.batch_size, config.eval_seed),
+        callbacks=_callbacks(config.workdir, verbose) + list(callbacks),
+        shuffle=False,  # the data set is shuffled, seeded
+        verbose=verbose,
+    )
+    train_seconds = time.time() - train_started
+    if model.stop_training:
+        raise RuntimeError(
+            "Training stopped early (a NaN loss: TerminateOnNaN). Try a lower "
+            "--learning-rate or a larger variance floor; nothing was saved to "
+            f"{config.output}."
+        )
+
+    if verbose:
+        print(f"Scoring {len(test_images):,} test images ({test_mask.spec()}, seed {config.eval_seed})")
+    model_scores = evaluation.score(
+        model, test_images, test_mask, config.eval_seed, verbose=verbose
+    )
+    baseline = DiagonalGaussian.fit(train_images, variance_floor=model.head.variance_floor)
+    baseline_scores = evaluation.score(baseline, test_images, test_mask, config.eval_seed)
+    metrics = {
+        "dataset": config.dataset,
+        "test_images": len(test_images),
+        "test_mask": test_mask.spec(),
+        "eval_seed": config.eval_seed,
+        "model": {
+            "architecture": config.architecture,
+            "components": config.components,
+            "factors": config.factors,
+            "variance_floor": model.head.variance_floor,
+            "weights": int(model.count_params()),
+        },
+        "nll": evaluation.summarize(model_scores["nll"]),
+        "mse": evaluation.summarize(model_scores["squared_error"]),
+        "baseline": {
+            "name": "diagonal Gaussian",
+            "nll": evaluation.summarize(baseline_scores["nll"]),
+            "mse": evaluation.summarize(baseline_scores["squared_error"]),
+        },
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.time() - started, 1),
+        "hardware": hardware_description(),
+        "versions": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+        },
+        "command": command or " ".join(sys.argv),
+    }
+    write_outputs(
+        config.output,
+        model,
+        {"config.json": config.to_json(), "metrics.json": metrics},
+    )
+    if verbose:
+        print(format_summary(metrics, config.output))
+    return metrics
+
+
+def format_summary(metrics, output):
+    """The end-of-run table."""
+    model = metrics["model"]
+    name = f"DMFA ({model['architecture']}, K={model['components']}, L={model['factors']})"
+    rows = [(name, metrics["nll"], metrics["mse"])]
+    rows.append(("diagonal Gaussian", metrics["baseline"]["nll"], metrics["baseline"]["mse"]))
+    lines = [
+        "",
+        f"Test: {metrics['test_images']:,} {metrics['dataset']} images, masks "
+        f"{metrics['test_mask']} (seed {metrics['eval_seed']}); per image, summed over "
+        "missing pixels, lower is better",
+        f"  {'model':<32} {'NLL mean':>10} {'median':>10} {'MSE mean':>10}",
+    ]
+    for label, nll, mse in rows:
+        lines.append(
+            f"  {label:<32} {nll['mean']:>10.2f} {nll['median']:>10.2f} {mse['mean']:>10.3f}"
+        )
+    lines.append(
+        f"Training {metrics['train_seconds']:.1f} s, whole run {metrics['total_seconds']:.1f} s "
+        f"on {metrics['hardware']}."
+    )
+    lines.append(f"Saved {os.path.join(output, 'model.keras')}, config.json, metrics.json")
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""The training driver and train.py, end to end on small runs."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import dmfa_tf
+from dmfa_tf.config import TrainConfig
+from dmfa_tf.training import train_and_evaluate, write_outputs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(tmp_path, **overrides):
+    values = dict(
+        dataset="digits",
+        epochs=2,
+        max_train_images=256,
+        max_test_images=64,
+        output=str(tmp_path / "saved" / "digits"),
+        workdir=str(tmp_path / "runs" / "digits"),
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_run_writes_model_config_and_metrics(tmp_path):
+    config = _config(tmp_path, components=2)
+    metrics = train_and_evaluate(config, verbose=0, command="test")
+    output = tmp_path / "saved" / "digits"
+    assert sorted(os.listdir(output)) == ["config.json", "metrics.json", "model.keras"]
+    saved = json.loads((output / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert saved["test_images"] == 64 and saved["test_mask"] == "4x4"
+    assert saved["model"]["components"] == 2 and saved["model"]["architecture"] == "mlp"
+    for key in ("nll", "mse"):
+        assert saved[key]["count"] == 64
+        assert np.isfinite(saved[key]["mean"]) and saved[key]["min"] <= saved[key]["median"]
+    assert saved["baseline"]["name"] == "diagonal Gaussian"
+    restored = TrainConfig.from_json((output / "config.json").read_text())
+    assert restored == config.resolved()
+    model = keras.saving.load_model(str(output / "model.keras"))
+    assert isinstance(model, dmfa_tf.DMFAModel) and model.num_components == 2
+    workdir = tmp_path / "runs" / "digits"
+    assert (workdir / "checkpoints" / "last.keras").exists()
+    with open(workdir / "log.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+class _Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_interrupted_run_continues_where_it_stopped(tmp_path):
+    config = _config(tmp_path, epochs=4)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, verbose=0, callbacks=[_Interrupt(at_epoch=1)])
+    assert not (tmp_path / "saved" / "digits").exists()  # nothing half-written
+    recorder = _Recorder()
+    train_and_evaluate(config, verbose=0, callbacks=[recorder])
+    assert recorder.epochs == [2, 3]  # epochs 0 and 1 were not trained again
+    with open(tmp_path / "runs" / "digits" / "log.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2", "3"]
+    assert not (tmp_path / "runs" / "digits" / "backup").exists()  # finished: backup removed
+
+
+def test_mirrored_strategy_runs(tmp_path):
+    metrics = train_and_evaluate(_config(tmp_path, epochs=1, strategy="mirrored"), verbose=0)
+    assert np.isfinite(metrics["nll"]["mean"])
+
+
+def test_mnist_from_idx_files(tmp_path, shared_data):
+    config = _config(
+        tmp_path,
+        dataset="mnist",
+        data_dir=os.path.join(shared_data, "mnist"),
+        epochs=1,
+        max_train_images=128,
+        max_test_images=32,
+        width=8,
+    )
+    metrics = train_and_evaluate(config, verbose=0)
+    assert metrics["test_mask"] == "14x14" and metrics["model"]["architecture"] == "fullconv"
+    assert np.isfinite(metrics["nll"]["mean"])
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (dict(hole="10x10"), ValueError, "10x10 hole does not fit in a 8x8 image"),
+        (dict(dataset="imagenet"), ValueError, "Unknown dataset 'imagenet'"),
+        (dict(epochs=0), ValueError, "epochs.*0"),
+        (dict(mask="dropout:7"), ValueError, "dropout:7"),
+        (dict(dataset="mnist"), ValueError, "--data-dir"),
+        (dict(dataset="mnist", data_dir="no/such/folder"), FileNotFoundError, "no/such/folder"),
+        (dict(architecture="mlp", width=4), ValueError, "fullconv"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
+        train_and_evaluate(_config(tmp_path, **overrides), verbose=0)
+
+
+class _BrokenModel:
+    def save(self, path):
+        with open(path, "w") as f:
+            f.write("partial")
+        raise OSError("disk full")
+
+
+def test_outputs_are_replaced_atomically(tmp_path):
+    output = tmp_path / "model"
+    write_outputs(str(output), files={"metrics.json": {"a": 1}, "config.json": "{}"})
+    assert json.loads((output / "metrics.json").read_text()) == {"a": 1}
+    with pytest.raises(OSError, match="disk full"):
+        write_outputs(str(output), _BrokenModel(), {"metrics.json": {"a": 2}})
+    # the old folder is intact and no partial folder is left behind
+    assert json.loads((output / "metrics.json").read_text()) == {"a": 1}
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+    write_outputs(str(output), files={"metrics.json": {"a": 3}})
+    assert sorted(os.listdir(output)) == ["metrics.json"]
+
+
+def _run_cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_cli_trains_and_prints_the_summary(tmp_path):
+    result = _run_cli(
+        "--epochs=1", "--max-train-images=128", "--max-test-images=32", "--components=2",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "diagonal Gaussian" in result.stdout and "DMFA (mlp, K=2, L=4)" in result.stdout
+    assert (tmp_path / "saved_models" / "digits" / "model.keras").exists()
+    assert (tmp_path / "runs" / "digits" / "log.csv").exists()
+
+
+def test_cli_errors_exit_2_with_a_message(tmp_path):
+    result = _run_cli("--hole=20x20", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "20x20 hole does not fit in a 8x8 image" in result.stderr
+    result = _run_cli("--dataset=cifar", cwd=tmp_path)
+    assert result.returncode == 2 and "invalid choice: 'cifar'" in result.stderr
+    assert not (tmp_path / "saved_models").exists()
+
+
+@pytest.mark.slow
+def test_embedded_default_beats_the_diagonal_gaussian(tmp_path):
+    """`python train.py` with no flags: DMFA must beat the baseline."""
+    result = _run_cli(cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "saved_models" / "digits" / "metrics.json").read_text())
+    assert metrics["nll"]["mean"] < metrics["baseline"]["nll"]["mean"] - 3.0, metrics
+    assert metrics["mse"]["mean"] < metrics["baseline"]["mse"]["mean"], metrics
+    assert metrics["total_seconds"] < 180
