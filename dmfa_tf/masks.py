@@ -271,7 +271,10 @@ def parse(spec):
                 weights.append(float(weight) if weight else 1.0)
             except ValueError:
                 raise ValueError(f"Bad weight {weight!r} in mask spec {spec!r}.") from None
-        return Mixture(generators, weights)
+        try:
+            return Mixture(generators, weights)
+        except ValueError as error:
+            raise ValueError(f"Cannot read mask spec {spec!r}: {error}") from None
     return _parse_one(parts[0], spec)
 
 
