@@ -38,10 +38,13 @@ exists in the forward pass or in the gradient. The quadratic form is the sum of
 two sums of squares. The textbook form `|r~|^2 - |chol(C)^-1 A~^T r~|^2` (used
 by `tfd.MultivariateNormalDiagPlusLowRankCovariance`) subtracts two numbers of
 size `|x - loc|^2 / diag`, which loses float32 precision when variances
-are small. With variances down to 1e-6 its relative error reaches 4e-3 to 5e-2;
-the form used here stays near 1e-6 (`benchmarks/bench_log_prob.py --accuracy`). Coordinates marked -1 ("absent")
-are marginalised out too: they are neither given nor scored, which is how
-training on incomplete data leaves unknown pixels out of the loss.
+are small. With variances down to 1e-6 its float32 relative error reaches
+1e-3 to 7e-3 (factors of scale 0.25, `benchmarks/bench_log_prob.py --accuracy`)
+and more with larger factors; the form used here stays near 1e-6.
+
+Coordinates marked -1 ("absent") are marginalised out too: they are neither
+given nor scored, which is how training on incomplete data leaves unknown
+pixels out of the loss.
 """
 
 import math

@@ -20,11 +20,11 @@ number of right-hand sides, `...` any batch shape.
 import tensorflow as tf
 
 __all__ = [
-        "MAX_UNROLLED",
-        "cholesky",
-        "cholesky_log_det",
-        "solve_lower",
-        "solve_upper",
+    "MAX_UNROLLED",
+    "cholesky",
+    "cholesky_log_det",
+    "solve_lower",
+    "solve_upper",
 ]
 
 # Largest matrix size that is factorised with unrolled element-wise ops.
@@ -62,8 +62,8 @@ def cholesky(matrix):
             chol[i][j] = value / chol[j][j]  # [...]
     zero = tf.zeros_like(entries[0][0])
     rows = [
-            tf.stack([chol[i][j] if j <= i else zero for j in range(size)], axis=-1)
-            for i in range(size)
+        tf.stack([chol[i][j] if j <= i else zero for j in range(size)], axis=-1)
+        for i in range(size)
     ]
     return tf.stack(rows, axis=-2)  # [..., L, L]
 

@@ -1,0 +1,59 @@
+"""Loading saved models of every kind through one function.
+
+A saved model is a folder written by `train.py` (`saved_models/<name>/`):
+
+| file | kind |
+|---|---|
+| `model.keras` | a DMFA network (`keras.saving.load_model`) |
+| `mfa.npz` | a classical mixture of factor analysers (`dmfa_tf.mfa`) |
+
+plus `config.json` (the training settings) and `metrics.json` (its test scores).
+Every loaded model is a callable `model({"image", "mask"}) -> {"logits", "loc",
+"factors", "diag"}` with an `image_shape` property, so evaluation and export
+treat all kinds alike.
+"""
+
+import json
+import os
+
+__all__ = ["load", "load_config"]
+
+
+def load(path):
+    """Loads a saved model folder, or a `.keras` file.
+
+    Raises:
+        FileNotFoundError: `path` does not exist or holds no known model file.
+    """
+    if os.path.isfile(path) and path.endswith(".keras"):
+        return _load_keras(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"No saved model at {path!r}.")
+    if os.path.exists(os.path.join(path, "model.keras")):
+        return _load_keras(os.path.join(path, "model.keras"))
+    if os.path.exists(os.path.join(path, "mfa.npz")):
+        from dmfa_tf import mfa
+
+        return mfa.MFA.load(path)
+    raise FileNotFoundError(
+        f"{path!r} holds neither model.keras (a DMFA network) nor mfa.npz (an MFA "
+        f"model). Found: {sorted(os.listdir(path))}"
+    )
+
+
+def load_config(path):
+    """The `config.json` saved beside a model (a dict), or None."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.exists(config_path):
+        return None
+    with open(config_path) as f:
+        return json.load(f)
+
+
+def _load_keras(path):
+    import keras
+
+    import dmfa_tf  # noqa: F401  (registers the custom layers and model)
+
+    return keras.saving.load_model(path)
