@@ -1,10 +1,14 @@
 """Shared pytest fixtures."""
 
 import os
+import sys
 
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# train.py and evaluate.py are importable in tests whatever the working directory.
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,201 @@
+"""Score saved models with the paper's metrics on seeded test masks.
+
+    python evaluate.py --model=saved_models/mnist --dataset=mnist --hole=10x15
+    python evaluate.py --model=saved_models/mnist --compare saved_models/mnist_mfa \
+        saved_models/mnist_mfa:exact diagonal --mosaic=mnist.png
+
+Per image: NLL (nats, summed over the missing pixels), the paper's MSE (sum of
+squared errors of the most probable imputation), PSNR and SSIM of the inpainted
+image. Image i of the split gets the mask seeded (seed, i), the same for every
+model, so comparisons are paired. Writes a per-image CSV per model, a JSON
+summary and, with several models, a markdown table. The README lists the flags.
+"""
+
+import argparse
+import os
+import re
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Score DMFA and baseline models on a test split with seeded masks."
+    )
+    parser.add_argument(
+        "--model",
+        help="saved model folder (saved_models/<name>) or .keras file; MFA folders take "
+        "':paper' or ':exact' (the conditional); 'diagonal' is the diagonal-Gaussian baseline",
+    )
+    parser.add_argument(
+        "--compare", nargs="+", default=[], metavar="MODEL",
+        help="more models, scored on the same masks and put in one markdown table",
+    )
+    parser.add_argument("--dataset", help="data set (default: the model's, from its config.json)")
+    parser.add_argument("--data-dir", help="data folder (default: the model's)")
+    parser.add_argument("--image-size", type=int, help="CelebA image side (default: the model's)")
+    parser.add_argument("--crop", choices=["paper", "aspect"], help="CelebA crop (default: the model's)")
+    parser.add_argument("--hole", help="test hole HxW, e.g. 10x15")
+    parser.add_argument("--mask", help="any test mask spec instead of --hole (default: the model's test mask)")
+    parser.add_argument("--split", choices=["test", "val"], default="test", help="split to score (test)")
+    parser.add_argument("--seed", type=int, default=0, help="mask seed: image i gets mask (seed, i) (0)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per batch (256)")
+    parser.add_argument("--limit", type=int, help="score only the first N images")
+    parser.add_argument(
+        "--output",
+        help="results folder (default results/<model>-<dataset>-<mask>-seed<seed>)",
+    )
+    parser.add_argument("--mosaic", help="also draw the paper's Figure 2 layout into this PNG")
+    parser.add_argument("--mosaic-images", type=int, default=6, help="rows of the mosaic (6)")
+    parser.add_argument(
+        "--mosaic-baseline",
+        help="model whose imputation gets a mosaic column (default: the first --compare model)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only the table and errors")
+    args = parser.parse_args(argv)
+    if not args.model and not args.compare:
+        parser.error("give --model (and/or --compare)")
+    if args.hole and args.mask:
+        parser.error("give --hole or --mask, not both")
+    for name in ("batch_size", "limit", "mosaic_images"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1 (received {value})")
+    return args
+
+
+def _slug(text):
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
+
+
+def evaluate(args):
+    import platform
+
+    import tensorflow as tf
+
+    from dmfa_tf import datasets, evaluation, masks, saving, training
+
+    specs = [evaluation.parse_model_spec(t) for t in ([args.model] if args.model else []) + args.compare]
+    config = next(
+        (c for c in (saving.load_config(s.path) for s in specs if s.path != "diagonal") if c), {}
+    )
+    dataset = args.dataset or config.get("dataset")
+    if not dataset:
+        raise ValueError("No --dataset given and the model has no config.json naming one.")
+    data_dir = args.data_dir or (config.get("data_dir") if config.get("dataset") == dataset else None)
+    image_size = args.image_size or (config.get("image_size") if config.get("dataset") == dataset else None)
+    crop = args.crop or config.get("crop") or "paper"
+    mask_spec = args.mask or args.hole or config.get("test_mask") or config.get("mask")
+    if not mask_spec:
+        raise ValueError("No --hole or --mask given and the model's config.json names no test mask.")
+    generator = masks.parse(mask_spec)
+
+    verbose = 0 if args.quiet else 1
+    data = datasets.load(dataset, data_dir, image_size=image_size, crop=crop, verbose=verbose)
+    images = data.test if args.split == "test" else data.val
+    labels = data.test_labels if args.split == "test" else data.val_labels
+    images = images[: args.limit]
+    labels = None if labels is None else labels[: args.limit]
+    generator(images.shape[1], images.shape[2], seed=[0, 0])  # a hole that does not fit fails here
+
+    output = args.output or os.path.join(
+        "results",
+        f"{_slug(specs[0].label)}-{dataset}-{_slug(generator.spec())}-seed{args.seed}",
+    )
+    rows, summary, loaded = [], {}, {}
+    for spec in specs:
+        model = spec.load(train_images=data.train)
+        loaded[spec.label] = model
+        if verbose:
+            print(f"Scoring {spec.label} on {len(images):,} {dataset} {args.split} images, "
+                  f"masks {generator.spec()} (seed {args.seed})")
+        scores, seconds = evaluation.timed_score(
+            model, images, generator, args.seed, args.batch_size, verbose
+        )
+        name = "per_image.csv" if len(specs) == 1 else f"per_image_{_slug(spec.label)}.csv"
+        evaluation.write_csv(os.path.join(output, name), scores, labels)
+        metrics = {key: evaluation.summarize(scores[key]) for key in evaluation.METRICS}
+        rows.append((spec.label, metrics))
+        summary[spec.label] = {
+            "model": spec.path,
+            "conditional": spec.conditional,
+            "per_image_csv": name,
+            "seconds": round(seconds, 2),
+            "images_per_second": round(len(images) / seconds, 1),
+            **metrics,
+        }
+
+    table = evaluation.comparison_table(rows)
+    result = {
+        "dataset": dataset,
+        "split": args.split,
+        "images": int(len(images)),
+        "mask": generator.spec(),
+        "seed": args.seed,
+        "models": summary,
+        "hardware": training.hardware_description(),
+        "python": platform.python_version(),
+        "command": " ".join(["python", "evaluate.py"] + sys.argv[1:]),
+    }
+    evaluation.write_json(os.path.join(output, "summary.json"), result)
+    if len(specs) > 1:
+        header = (
+            f"{len(images):,} {dataset} {args.split} images, masks {generator.spec()} "
+            f"(seed {args.seed}); per image, summed over the missing pixels\n\n"
+        )
+        evaluation.write_text(os.path.join(output, "comparison.md"), header + table + "\n")
+
+    if args.mosaic:
+        from dmfa_tf import visualization
+
+        count = min(args.mosaic_images, len(images))
+        batch = next(iter(
+            masks.with_masks(
+                tf.data.Dataset.from_tensor_slices(images[:count]),
+                generator,
+                args.seed,
+            ).batch(count)
+        ))
+        baseline_label = None
+        if args.mosaic_baseline:
+            baseline_spec = evaluation.parse_model_spec(args.mosaic_baseline)
+            baseline = baseline_spec.load(train_images=data.train)
+            baseline_label = baseline_spec.label
+        elif len(specs) > 1:
+            baseline_label = specs[1].label
+            baseline = loaded[baseline_label]
+        else:
+            baseline = None
+        visualization.mosaic(
+            args.mosaic,
+            loaded[specs[0].label],
+            batch["image"].numpy(),
+            batch["mask"].numpy(),
+            baseline=baseline,
+            baseline_label=baseline_label or "baseline",
+        )
+
+    print()
+    print(f"{len(images):,} {dataset} {args.split} images, masks {generator.spec()} (seed {args.seed}); "
+          "per image, summed over the missing pixels, lower is better for NLL and MSE")
+    print(table)
+    for label, info in summary.items():
+        print(f"  {label}: {info['seconds']:.1f} s, {info['images_per_second']:.0f} images/s")
+    print(f"Wrote {output}/ (summary.json, per-image CSV{', comparison.md' if len(specs) > 1 else ''})"
+          + (f" and {args.mosaic}" if args.mosaic else ""))
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        evaluate(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"evaluate.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
