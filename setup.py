@@ -28,6 +28,9 @@ setup(
         "tf-keras>=2.18,<2.22",
         "keras>=3.8,<4",
         "tensorflow-datasets>=4.9,<5",
+        # TFDS needs it (and Pillow) to prepare a data set, e.g. mnist offline:
+        # `python -m dmfa_tf.datasets prepare-mnist`.
+        "importlib-resources>=5,<8",
         "tensorboard>=2.18,<2.22",
         "numpy>=1.26,<3",
         "scikit-learn>=1.3,<2",

@@ -15,7 +15,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def parse_args(argv=None):
-    from dmfa_tf.config import DATASET_DEFAULTS, STRATEGIES, TrainConfig
+    from dmfa_tf.config import (
+        DATASET_DEFAULTS, MFA_INITS, MFA_NOISE_TYPES, MODELS, STRATEGIES, TrainConfig,
+    )
+    from dmfa_tf.config import CROPS
 
     parser = argparse.ArgumentParser(
         description="Train a Deep Mixture of Factor Analyzers on masked images, "
@@ -27,10 +30,23 @@ def parse_args(argv=None):
         "strategy": list(STRATEGIES),
         "variance_activation": ["sigmoid", "softplus"],
         "jit_compile": ["auto", "true", "false"],
+        "lr_schedule": ["constant", "cosine"],
+        "crop": list(CROPS),
+        "model": list(MODELS),
+        "mfa_noise": list(MFA_NOISE_TYPES),
+        "mfa_init": list(MFA_INITS),
     }
     helps = {
-        "dataset": "data set (default: digits, scikit-learn's bundled 8x8 digits)",
-        "data_dir": "folder of the data files (the IDX files for mnist / fashion_mnist)",
+        "dataset": "data set, named as in tensorflow-datasets (default: digits, "
+        "scikit-learn's bundled 8x8 digits)",
+        "data_dir": "a TFDS data_dir, or the local files: the IDX files' folder "
+        "(mnist, fashion_mnist), CelebA's photo folder, or a .npz file "
+        "(default: TFDS's ~/tensorflow_datasets)",
+        "image_size": "celeb_a: side of the square images (default 32; 64 for the "
+        "paper's 64x64 variant)",
+        "crop": "celeb_a: paper (resize to 1.875x the size, aspect not kept, then "
+        "centre crop; default) or aspect (centre square of the photo, then resize)",
+        "download": "let TFDS download the data set (needs internet access)",
         "architecture": "network (default per data set: digits mlp, others fullconv)",
         "components": "K, mixture components (default 1)",
         "factors": "L, factors per component (default 4)",
@@ -43,29 +59,51 @@ def parse_args(argv=None):
         "factor_amplitude": "a in A = a*sigmoid(z) - a/2 (default per architecture)",
         "variance_floor": "smallest variance d (default: linear_heads 1e-10, others 1e-4)",
         "variance_activation": "d = floor + sigmoid(z) or floor + softplus(z)",
-        "width": "fullconv base channels (default 32)",
+        "width": "fullconv: base channels (default 32); mlp: units of each of the two "
+        "hidden layers (default 256)",
+        "lr_schedule": "constant (default) or cosine (decays to 1%% of the rate over the run)",
         "seed": "seed of weights, shuffling and training masks (default 0)",
         "eval_seed": "seed of the validation and test masks (default 0)",
         "strategy": "tf.distribute strategy (default: none)",
         "name": "run name (default: the data set)",
         "output": "where the model goes (default saved_models/<name>)",
         "workdir": "checkpoints, backup and logs (default runs/<name>)",
+        "export": "also export the trained model for TF Serving into "
+        "<export>/<name>/<next version>/ (e.g. --export=serving)",
         "max_train_images": "use only the first N training images",
         "max_test_images": "score only the first N test images",
         "jit_compile": "XLA: auto (GPU only), true or false",
+        "model": "dmfa (a network, default) or mfa (the classical mixture of factor "
+        "analysers, fitted by EM on complete images)",
+        "mfa_components": "--model=mfa: K (default per data set: digits 10, mnist 50)",
+        "mfa_factors": "--model=mfa: L (default per data set: digits 4, mnist 6)",
+        "mfa_iterations": "--model=mfa: EM iterations (default 30)",
+        "mfa_noise": "--model=mfa: isotropic (MPPCA, the paper's, default) or diagonal noise",
+        "mfa_init": "--model=mfa: kmeans (default) or random initialisation",
     }
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
+        if isinstance(field.default, bool):  # a switch: --download
+            parser.add_argument(
+                flag, dest=field.name, action="store_true", default=field.default,
+                help=helps.get(field.name),
+            )
+            continue
+        if field.name == "image_size":
+            field_type = int
+        else:
+            field_type = None
         kind = {int: int, float: float}.get(type(field.default), None)
         if field.name in ("components", "factors", "epochs", "batch_size", "width",
-                          "seed", "eval_seed", "max_train_images", "max_test_images"):
+                          "seed", "eval_seed", "max_train_images", "max_test_images",
+                          "mfa_components", "mfa_factors", "mfa_iterations"):
             kind = int
         if field.name in ("learning_rate", "factor_amplitude", "variance_floor"):
             kind = float
         parser.add_argument(
             flag,
             dest=field.name,
-            type=kind or str,
+            type=field_type or kind or str,
             default=field.default,
             choices=choices.get(field.name),
             help=helps.get(field.name),

@@ -26,6 +26,17 @@ from dmfa_tf.models import ARCHITECTURES, DMFAModel, build_model  # noqa: E402
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # `export_saved_model` and `export_tflite` load `dmfa_tf.export` on first
+    # use, so that `python -m dmfa_tf.export` does not import it twice.
+    if name in ("export_saved_model", "export_tflite"):
+        from dmfa_tf import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module 'dmfa_tf' has no attribute {name!r}")
+
+
 __all__ = [
     "ABSENT",
     "ARCHITECTURES",
@@ -38,6 +49,8 @@ __all__ = [
     "OBSERVED",
     "ObservedInput",
     "build_model",
+    "export_saved_model",
+    "export_tflite",
     "flatten_images",
     "flatten_mask",
     "masks",

@@ -33,6 +33,11 @@ class DiagonalGaussian:
             )
         return cls(images.mean(0), np.maximum(images.var(0), variance_floor))
 
+    @property
+    def image_shape(self):
+        """`(H, W, C)` of the images the baseline was fitted to."""
+        return tuple(int(v) for v in self.mean.shape)
+
     def __call__(self, inputs, training=False):
         batch = tf.shape(inputs["image"])[0]
         n = self.mean.size

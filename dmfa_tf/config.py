@@ -7,22 +7,46 @@ Standard library only: the command line, the training driver and the saved
 import dataclasses
 import json
 
-__all__ = ["DATASET_DEFAULTS", "STRATEGIES", "TrainConfig"]
+__all__ = ["DATASET_DEFAULTS", "MFA_INITS", "MFA_NOISE_TYPES", "LR_SCHEDULES", "MODELS", "STRATEGIES", "TrainConfig"]
 
 # Defaults that depend on the data set; any flag given overrides them.
 DATASET_DEFAULTS = {
     "digits": dict(
-        architecture="mlp", hole="4x4", epochs=150, batch_size=64, learning_rate=1e-3
+        architecture="mlp", hole="4x4", epochs=150, batch_size=64, learning_rate=1e-3,
+        mfa_components=10, mfa_factors=4,
     ),
     "mnist": dict(
-        architecture="fullconv", hole="14x14", epochs=20, batch_size=64, learning_rate=1e-3
+        architecture="fullconv", hole="14x14", epochs=20, batch_size=64, learning_rate=1e-3,
+        mfa_components=50, mfa_factors=6,
     ),
     "fashion_mnist": dict(
-        architecture="fullconv", hole="14x14", epochs=20, batch_size=64, learning_rate=1e-3
+        architecture="fullconv", hole="14x14", epochs=20, batch_size=64, learning_rate=1e-3,
+        mfa_components=50, mfa_factors=6,
+    ),
+    # CelebA 32x32 as in the paper (resize 60, centre crop 32, one 16x16 hole);
+    # --image-size=64 is its 64x64 variant (give it --hole=32x32).
+    "celeb_a": dict(
+        architecture="fullconv", hole="16x16", image_size=32, epochs=30, batch_size=64,
+        learning_rate=1e-3, mfa_components=300, mfa_factors=10,
+    ),
+    "svhn_cropped": dict(
+        architecture="fullconv", hole="16x16", epochs=20, batch_size=64, learning_rate=1e-3,
+        mfa_components=300, mfa_factors=10,
+    ),
+    "cifar10": dict(
+        architecture="fullconv", hole="16x16", epochs=20, batch_size=64, learning_rate=1e-3,
+        mfa_components=300, mfa_factors=10,
     ),
 }
 
+CROPS = ("paper", "aspect")  # as dmfa_tf.datasets.CROPS
+
+MODELS = ("dmfa", "mfa")
+MFA_NOISE_TYPES = ("isotropic", "diagonal")  # as dmfa_tf.mfa.NOISE_TYPES
+MFA_INITS = ("kmeans", "random")  # as dmfa_tf.mfa.INITS
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass
@@ -35,6 +59,9 @@ class TrainConfig:
 
     dataset: str = "digits"
     data_dir: str = None
+    image_size: int = None  # CelebA's side (celeb_a: 32); fixed-size data sets: None
+    crop: str = "paper"  # CelebA: "paper" (resize 1.875 S, centre crop S) or "aspect"
+    download: bool = False  # let TFDS download the data (machines with internet only)
     architecture: str = None
     components: int = 1
     factors: int = 4
@@ -44,19 +71,27 @@ class TrainConfig:
     epochs: int = None
     batch_size: int = None
     learning_rate: float = None
+    lr_schedule: str = "constant"  # "constant" or "cosine" (decays to 1% over the run)
     factor_amplitude: float = None
     variance_floor: float = None
     variance_activation: str = "sigmoid"
-    width: int = None  # fullconv base channels
+    width: int = None  # fullconv: base channels; mlp: units of each hidden layer
     seed: int = 0  # weights, shuffling and training masks
     eval_seed: int = 0  # validation and test masks: mask i is seeded (eval_seed, i)
     strategy: str = "default"
-    name: str = None  # default: the data set's name
+    name: str = None  # default: the data set's name (`<dataset>_mfa` for model="mfa")
     output: str = None  # default: saved_models/<name>
     workdir: str = None  # checkpoints, backup, logs; default: runs/<name>
+    export: str = None  # also export a TF Serving SavedModel to <export>/<name>/<version>/
     max_train_images: int = None  # cap for quick runs
     max_test_images: int = None
     jit_compile: str = "auto"  # "auto" (XLA on GPU only), "true" or "false"
+    model: str = "dmfa"  # "dmfa" (a network) or "mfa" (the classical baseline, by EM)
+    mfa_components: int = None  # K of the MFA; default per data set
+    mfa_factors: int = None  # L of the MFA; default per data set
+    mfa_iterations: int = 30  # EM iterations
+    mfa_noise: str = "isotropic"  # "isotropic" (MPPCA, the paper's) or "diagonal"
+    mfa_init: str = "kmeans"  # "kmeans" or "random"
 
     def resolved(self):
         """A copy with every default filled in and every value checked."""
@@ -68,7 +103,9 @@ class TrainConfig:
         for key, value in DATASET_DEFAULTS[self.dataset].items():
             if values[key] is None:
                 values[key] = value
-        values["name"] = values["name"] or self.dataset
+        # An MFA run does not overwrite the data set's DMFA model by default.
+        default_name = self.dataset if self.model != "mfa" else f"{self.dataset}_mfa"
+        values["name"] = values["name"] or default_name
         values["output"] = values["output"] or f"saved_models/{values['name']}"
         values["workdir"] = values["workdir"] or f"runs/{values['name']}"
         values["mask"] = values["mask"] or values["hole"]
@@ -78,6 +115,11 @@ class TrainConfig:
         return config
 
     def _check(self):
+        if self.export is not None and (not isinstance(self.export, str) or not self.export.strip()):
+            raise ValueError(
+                "`export` must be a folder path (TF Serving's base folder). "
+                f"Received: export={self.export!r}"
+            )
         for key in ("components", "factors", "epochs", "batch_size"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -90,6 +132,25 @@ class TrainConfig:
             raise ValueError(
                 f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}"
             )
+        if self.image_size is not None and (
+            isinstance(self.image_size, bool)
+            or not isinstance(self.image_size, int)
+            or self.image_size < 1
+        ):
+            raise ValueError(
+                f"`image_size` must be a positive integer. Received: image_size={self.image_size!r}"
+            )
+        if self.crop not in CROPS:
+            raise ValueError(f"`crop` must be one of {CROPS}. Received: crop={self.crop!r}")
+        if not isinstance(self.download, bool):
+            raise ValueError(
+                f"`download` must be True or False. Received: download={self.download!r}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"`lr_schedule` must be one of {LR_SCHEDULES}. "
+                f"Received: lr_schedule={self.lr_schedule!r}"
+            )
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"`strategy` must be one of {STRATEGIES}. Received: strategy={self.strategy!r}"
@@ -99,6 +160,18 @@ class TrainConfig:
                 "`jit_compile` must be 'auto', 'true' or 'false'. "
                 f"Received: jit_compile={self.jit_compile!r}"
             )
+        for key in ("mfa_components", "mfa_factors", "mfa_iterations"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{key}` must be a positive integer. Received: {key}={value!r}")
+        for key, allowed in (
+            ("model", MODELS),
+            ("mfa_noise", MFA_NOISE_TYPES),
+            ("mfa_init", MFA_INITS),
+        ):
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ValueError(f"`{key}` must be one of {allowed}. Received: {key}={value!r}")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

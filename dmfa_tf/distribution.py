@@ -360,7 +360,9 @@ class MaskedFactorMixture(tfd.Distribution):
 
     def _whitened_factors(self):
         """Quantities that depend on the parameters and mask, not on `x`."""
-        scored = (self._mask == MISSING)[..., None, :]  # [B, 1, N]
+        # expand_dims, not `[..., None, :]`: TFLite's strided slice has no new
+        # axis before a dynamic one.
+        scored = tf.expand_dims(self._mask == MISSING, -2)  # [B, 1, N]
         diag = tf.where(scored, self._diag, tf.ones_like(self._diag))  # [B, K, N]
         weight = tf.where(scored, tf.math.rsqrt(diag), tf.zeros_like(diag))  # [B, K, N]
         factors = self._factors * weight[..., None]  # [B, K, N, L]
@@ -390,7 +392,7 @@ class MaskedFactorMixture(tfd.Distribution):
 
     def _component_log_prob(self, x):
         scored, weight, factors, chol, log_det, num_scored = self._whitened_factors()
-        residual = x[..., None, :] - self._loc  # [S, B, K, N]
+        residual = tf.expand_dims(x, -2) - self._loc  # [S, B, K, N]
         residual = tf.where(scored, residual * weight, tf.zeros_like(residual))
         projected = tf.linalg.matvec(factors, residual, transpose_a=True)  # [S, B, K, L]
         latent = linalg.solve_upper(

@@ -70,7 +70,14 @@ def cholesky(matrix):
 
 def cholesky_log_det(chol):
     """`log det(chol @ chol^T)` from a Cholesky factor `[..., L, L]` -> `[...]`."""
-    return 2.0 * tf.reduce_sum(tf.math.log(tf.linalg.diag_part(chol)), axis=-1)
+    chol = tf.convert_to_tensor(chol)
+    size = chol.shape[-1]
+    if _unrolled(size):
+        # Slices, not `tf.linalg.diag_part`: MatrixDiagPartV3 is no TFLite builtin.
+        diagonal = tf.stack([chol[..., i, i] for i in range(size)], axis=-1)  # [..., L]
+    else:
+        diagonal = tf.linalg.diag_part(chol)
+    return 2.0 * tf.reduce_sum(tf.math.log(diagonal), axis=-1)
 
 
 def solve_lower(chol, rhs):

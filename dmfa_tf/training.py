@@ -91,9 +91,24 @@ def hardware_description():
     return text
 
 
-def write_outputs(output, model=None, files=None):
+def inference_copy(model):
+    """An uncompiled copy of `model` with the same weights: saved, it holds no
+    optimizer state (a third of the size with Adam). Compile the loaded model
+    again to continue training it. A model without an optimizer (or not a
+    Keras model) is returned as it is."""
+    if not isinstance(model, keras.Model) or getattr(model, "optimizer", None) is None:
+        return model
+    copy = model.__class__.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def write_outputs(output, model=None, files=None, save=None):
     """Writes `model.keras` and the JSON `files` into `output` atomically: a
-    complete new folder replaces the old one, or nothing changes."""
+    complete new folder replaces the old one, or nothing changes.
+
+    `save`, if given, is called with the folder being written (before it
+    replaces `output`) to add other model files, e.g. `MFA.save`."""
     output = os.path.abspath(output)
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
@@ -102,7 +117,9 @@ def write_outputs(output, model=None, files=None):
     os.makedirs(partial)
     try:
         if model is not None:
-            model.save(os.path.join(partial, "model.keras"))
+            inference_copy(model).save(os.path.join(partial, "model.keras"))
+        if save is not None:
+            save(partial)
         for name, content in (files or {}).items():
             with open(os.path.join(partial, name), "w") as f:
                 f.write(content if isinstance(content, str) else json.dumps(content, indent=2))
@@ -144,7 +161,14 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     started = time.time()
     config = config.resolved()
     keras.utils.set_random_seed(config.seed)
-    data = datasets.load(config.dataset, config.data_dir)
+    data = datasets.load(
+        config.dataset,
+        config.data_dir,
+        image_size=config.image_size,
+        crop=config.crop,
+        download=config.download,
+        verbose=1 if verbose else 0,
+    )
     train_images = data.train[: config.max_train_images]
     test_images = data.test[: config.max_test_images]
     train_mask = masks_lib.parse(config.mask)
@@ -152,13 +176,23 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     height, width, _ = data.image_shape
     for generator in (train_mask, test_mask):  # a hole that does not fit fails here
         generator(height, width, seed=[0, 0])
+    if config.model == "mfa":
+        return _train_mfa(
+            config, data, train_images, test_images, test_mask, started, verbose, command
+        )
 
     strategy = make_strategy(config.strategy)
     architecture_kwargs = {}
     if config.width is not None:
-        if config.architecture != "fullconv":
-            raise ValueError("`width` applies to the fullconv architecture only.")
-        architecture_kwargs["width"] = config.width
+        if config.architecture == "fullconv":
+            architecture_kwargs["width"] = config.width
+        elif config.architecture == "mlp":
+            architecture_kwargs["hidden"] = (config.width, config.width)
+        else:
+            raise ValueError(
+                "`width` applies to the fullconv and mlp architectures only. "
+                f"Received: architecture={config.architecture!r}, width={config.width!r}"
+            )
     with strategy.scope():
         model = build_model(
             data.image_shape,
@@ -170,10 +204,16 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             variance_activation=config.variance_activation,
             **architecture_kwargs,
         )
-        jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=jit)
 
     steps = max(1, len(train_images) // config.batch_size)
+    with strategy.scope():
+        learning_rate = config.learning_rate
+        if config.lr_schedule == "cosine":
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                config.learning_rate, decay_steps=steps * config.epochs, alpha=0.01
+            )
+        jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit)
     if verbose:
         print(
             f"Training {model.name} ({model.count_params():,} weights, K={config.components}, "
@@ -243,7 +283,21 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     )
     if verbose:
         print(format_summary(metrics, config.output))
+    export_if_asked(config, model, verbose)
     return metrics
+
+
+def export_if_asked(config, model, verbose=1):
+    """With `config.export` set, exports `model` for TF Serving into
+    `<export>/<name>/<next version>/` and returns that folder (else None)."""
+    if not config.export:
+        return None
+    from dmfa_tf.export import export_saved_model
+
+    path = export_saved_model(model, os.path.join(config.export, config.name))
+    if verbose:
+        print(f"Exported the SavedModel (TF Serving) to {path}")
+    return path
 
 
 def format_summary(metrics, output):
@@ -268,4 +322,146 @@ def format_summary(metrics, output):
         f"on {metrics['hardware']}."
     )
     lines.append(f"Saved {os.path.join(output, 'model.keras')}, config.json, metrics.json")
+    return "\n".join(lines)
+
+
+# The classical baseline (`model="mfa"`).
+
+MFA_VARIANCE_FLOOR = 1e-4  # the MFA's variance floor when `variance_floor` is not set
+
+
+def _train_mfa(config, data, train_images, test_images, test_mask, started, verbose, command):
+    """`train_and_evaluate` for `config.model == "mfa"`.
+
+    Fits a mixture of factor analysers by EM on the complete training images,
+    scores its "paper" and "exact" conditionals and the diagonal Gaussian on
+    the test images (masks `config.test_mask`, seed `config.eval_seed`), and
+    writes `<output>/mfa.npz`, `config.json` and `metrics.json`. The headline
+    `nll` / `mse` are the paper conditional's (as the paper reports its MFA);
+    `exact` holds the full mixture conditional's.
+    """
+    from dmfa_tf.mfa import MFA
+
+    floor = config.variance_floor if config.variance_floor is not None else MFA_VARIANCE_FLOOR
+    if verbose:
+        print(
+            f"Fitting an MFA (K={config.mfa_components}, L={config.mfa_factors}, "
+            f"{config.mfa_noise} noise) on {len(train_images):,} {config.dataset} images "
+            f"{data.image_shape} on {hardware_description()}."
+        )
+    fit_started = time.time()
+    model = MFA.fit(
+        train_images,
+        config.mfa_components,
+        config.mfa_factors,
+        iterations=config.mfa_iterations,
+        noise=config.mfa_noise,
+        init=config.mfa_init,
+        seed=config.seed,
+        variance_floor=floor,
+        verbose=verbose,
+    )
+    fit_seconds = time.time() - fit_started
+
+    scores = {}
+    batch_size = model.batch_size_for()
+    # Each `evaluation.score` call traces a new function (twice: full and last
+    # batch); three calls trip TensorFlow's harmless retracing warning.
+    tf_logger = tf.get_logger()
+    logger_level = tf_logger.level
+    tf_logger.setLevel("ERROR")
+    try:
+        for conditional in ("paper", "exact"):
+            model.conditional = conditional
+            if verbose:
+                print(
+                    f"Scoring the {conditional} conditional on {len(test_images):,} test "
+                    f"images ({test_mask.spec()}, seed {config.eval_seed})"
+                )
+            scores[conditional] = evaluation.score(
+                model, test_images, test_mask, config.eval_seed, batch_size=batch_size,
+                verbose=verbose,
+            )
+        model.conditional = "paper"
+        baseline = DiagonalGaussian.fit(train_images, variance_floor=floor)
+        baseline_scores = evaluation.score(baseline, test_images, test_mask, config.eval_seed)
+    finally:
+        tf_logger.setLevel(logger_level)
+    metrics = {
+        "dataset": config.dataset,
+        "test_images": len(test_images),
+        "test_mask": test_mask.spec(),
+        "eval_seed": config.eval_seed,
+        "model": {
+            "kind": "mfa",
+            "components": config.mfa_components,
+            "factors": config.mfa_factors,
+            "noise": config.mfa_noise,
+            "init": config.mfa_init,
+            "iterations": config.mfa_iterations,
+            "variance_floor": floor,
+            "parameters": model.count_params(),
+            "train_images": len(train_images),
+        },
+        "conditional": "paper",
+        "nll": evaluation.summarize(scores["paper"]["nll"]),
+        "mse": evaluation.summarize(scores["paper"]["squared_error"]),
+        "exact": {
+            "nll": evaluation.summarize(scores["exact"]["nll"]),
+            "mse": evaluation.summarize(scores["exact"]["squared_error"]),
+        },
+        "baseline": {
+            "name": "diagonal Gaussian",
+            "nll": evaluation.summarize(baseline_scores["nll"]),
+            "mse": evaluation.summarize(baseline_scores["squared_error"]),
+        },
+        "log_likelihood_history": model.history,
+        "fit_seconds": round(fit_seconds, 1),
+        "train_seconds": round(fit_seconds, 1),  # the same, for parity with DMFA runs
+        "total_seconds": round(time.time() - started, 1),
+        "hardware": hardware_description(),
+        "versions": {
+            "tensorflow": tf.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "command": command or " ".join(sys.argv),
+    }
+    write_outputs(
+        config.output,
+        files={"config.json": config.to_json(), "metrics.json": metrics},
+        save=model.save,
+    )
+    if verbose:
+        print(_format_mfa_summary(metrics, config.output))
+    return metrics
+
+
+def _format_mfa_summary(metrics, output):
+    """The end-of-run table of an MFA run."""
+    model = metrics["model"]
+    rows = [
+        ("MFA paper conditional", metrics["nll"], metrics["mse"]),
+        ("MFA exact conditional", metrics["exact"]["nll"], metrics["exact"]["mse"]),
+        ("diagonal Gaussian", metrics["baseline"]["nll"], metrics["baseline"]["mse"]),
+    ]
+    lines = [
+        "",
+        f"Test: {metrics['test_images']:,} {metrics['dataset']} images, masks "
+        f"{metrics['test_mask']} (seed {metrics['eval_seed']}); per image, summed over "
+        "missing pixels, lower is better",
+        f"MFA: K={model['components']}, L={model['factors']}, {model['noise']} noise, "
+        f"{model['init']} init, {model['iterations']} EM iterations, variance floor "
+        f"{model['variance_floor']:g}",
+        f"  {'model':<32} {'NLL mean':>10} {'median':>10} {'MSE mean':>10}",
+    ]
+    for label, nll, mse in rows:
+        lines.append(
+            f"  {label:<32} {nll['mean']:>10.2f} {nll['median']:>10.2f} {mse['mean']:>10.3f}"
+        )
+    lines.append(
+        f"EM fit {metrics['fit_seconds']:.1f} s, whole run {metrics['total_seconds']:.1f} s "
+        f"on {metrics['hardware']}."
+    )
+    lines.append(f"Saved {os.path.join(output, 'mfa.npz')}, config.json, metrics.json")
     return "\n".join(lines)

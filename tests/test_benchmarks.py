@@ -49,3 +49,33 @@ def test_bench_log_prob_tiny(tmp_path, capsys):
     written = json.loads(out.read_text())
     assert written["agreement"]["passed"]
     assert written["config"]["hole"] == [4, 4]
+
+
+def test_bench_serving_tiny(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "bench_serving", SCRIPT.parent / "bench_serving.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "serving.json"
+    results = bench.main(["--repeats", "3", "--warmup", "1", "--images", "4", "--json", str(out)])
+    printed = capsys.readouterr().out
+    sizes = results["sizes_bytes"]
+    assert set(sizes) == {"saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_range"}
+    assert all(size > 0 for size in sizes.values())
+    assert sizes["tflite_float16"] < sizes["tflite_float32"]
+    assert set(results["latency_batch1"]) == {
+        "in_memory", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_range",
+    }
+    for cases in results["latency_batch1"].values():
+        for case in ("impute", "log_prob"):
+            t = cases[case]
+            assert 0 < t["q25_ms"] <= t["median_ms"] <= t["q75_ms"] and t["repeats"] == 3
+    errors = results["tflite_error_vs_saved_model"]
+    assert errors["float32"]["log_prob_max_rel"] < 1e-4
+    assert errors["float32"]["imputation_max_abs"] < 1e-4
+    # Quantised weights do change the outputs, a little.
+    assert 0 < errors["dynamic_range"]["imputation_max_abs"] < 0.5
+    assert not any(op.startswith("Flex") for op in results["tflite_ops"])
+    assert "| runtime | impute ms |" in printed
+    assert json.loads(out.read_text())["sizes_bytes"] == sizes

@@ -240,7 +240,9 @@ def test_images_and_labels_must_match(tmp_path):
 
 
 @pytest.mark.parametrize("data_dir", [None, ""])
-def test_idx_data_set_needs_data_dir(data_dir):
+def test_idx_data_set_needs_data_dir(data_dir, tmp_path, monkeypatch):
+    # With no data_dir, TFDS's default folder is tried: make sure it is empty.
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="--data-dir"):
         datasets.load("mnist", data_dir=data_dir)
 
@@ -367,11 +369,473 @@ def test_read_idx_hand_built(tmp_path):
         np.testing.assert_array_equal(out, expected)
 
 
-@pytest.mark.parametrize("name", ["cifar10", "MNIST", "fashion-mnist", ""])
+@pytest.mark.parametrize("name", ["cifar100", "MNIST", "fashion-mnist", "celeba", ""])
 def test_unknown_dataset(name):
     with pytest.raises(ValueError) as info:
         datasets.load(name)
     message = str(info.value)
     assert repr(name) in message
-    for choice in ("digits", "mnist", "fashion_mnist"):
+    for choice in ("digits", "mnist", "fashion_mnist", "celeb_a", "svhn_cropped", "cifar10"):
         assert repr(choice) in message
+
+
+# --- CelebA from a folder of photos --------------------------------------------
+
+CELEBA_SPLITS = (4560, 780, 660)  # the shared subset, by list_eval_partition.txt
+
+
+@pytest.fixture(scope="module")
+def celeba_dir(shared_data):
+    path = os.path.join(shared_data, "celeba")
+    if not os.path.isdir(os.path.join(path, "img_align_celeba")):
+        pytest.skip(f"the CelebA photos are not in {path}/img_align_celeba")
+    return path
+
+
+@pytest.fixture(scope="module")
+def celeba_names(celeba_dir):
+    """File names per standard partition, from the subset's manifest (read here,
+    not with the module)."""
+    names = {0: [], 1: [], 2: []}
+    with open(os.path.join(celeba_dir, "img_align_celeba_subset_manifest.tsv")) as f:
+        next(f)
+        for line in f:
+            fields = line.rstrip("\n").split("\t")
+            names[int(fields[2])].append(fields[0])
+    return {key: sorted(value) for key, value in names.items()}
+
+
+@pytest.fixture(scope="module")
+def celeba_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("dmfa_cache"))
+
+
+@pytest.fixture(scope="module")
+def celeba32(celeba_dir, celeba_cache):
+    return datasets.load("celeb_a", data_dir=celeba_dir, cache=celeba_cache, verbose=0)
+
+
+def _pil_square(path, size, crop):
+    """The reference preprocessing with Pillow and NumPy: uint8 [S, S, 3] / 255."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if crop == "paper":
+            side = round(1.875 * size)
+            array = np.asarray(image.resize((side, side), Image.BILINEAR))
+            top = (side - size) // 2
+            array = array[top : top + size, top : top + size]
+        else:
+            width, height = image.size
+            side = min(width, height)
+            box = ((width - side) // 2, (height - side) // 2)
+            image = image.crop((box[0], box[1], box[0] + side, box[1] + side))
+            array = np.asarray(image.resize((size, size), Image.BILINEAR))
+    return array.astype(np.float32) / 255.0
+
+
+def _assert_close_to_pil(ours, reference):
+    # Bilinear kernels with antialiasing differ by at most a grey level or two.
+    difference = np.abs(ours - reference)
+    assert difference.max() <= 2.0 / 255 + 1e-6
+    assert difference.mean() <= 0.5 / 255
+
+
+def _photo_subset(celeba_dir, celeba_names, target, counts=(6, 3, 3), partition=True):
+    """A small CelebA layout: target/img_align_celeba/*.jpg (+ a partition file)."""
+    folder = target / "img_align_celeba"
+    folder.mkdir(parents=True)
+    chosen = {}
+    for part, count in enumerate(counts):
+        for name in celeba_names[part][:count]:
+            shutil.copy(os.path.join(celeba_dir, "img_align_celeba", name), folder)
+            chosen[name] = part
+    if partition:
+        lines = [f"{name} {part}\n" for name, part in sorted(chosen.items())]
+        (target / "list_eval_partition.txt").write_text("".join(lines))
+    return folder, chosen
+
+
+def test_celeba_paper_crop(celeba32, celeba_dir, celeba_names):
+    splits = celeba32
+    assert (len(splits.train), len(splits.val), len(splits.test)) == CELEBA_SPLITS
+    assert tuple(len(celeba_names[part]) for part in range(3)) == CELEBA_SPLITS
+    assert splits.image_shape == (32, 32, 3)
+    for images in (splits.train, splits.val, splits.test):
+        assert images.shape[1:] == (32, 32, 3)
+        assert images.dtype == np.float32
+        assert images.min() >= 0.0 and images.max() <= 1.0
+        # 8-bit images, as image libraries resize them.
+        np.testing.assert_allclose(images[:50] * 255, np.round(images[:50] * 255), atol=1e-3)
+    assert splits.train_labels is None and splits.test_labels is None
+    # Each split holds its partition's photos in file-name order: compare a few
+    # with an independent Pillow computation (resize to 60x60, centre crop 32x32).
+    photos = os.path.join(celeba_dir, "img_align_celeba")
+    for images, part, index in [
+        (splits.train, 0, 0),
+        (splits.train, 0, len(celeba_names[0]) - 1),
+        (splits.val, 1, 5),
+        (splits.test, 2, 0),
+    ]:
+        reference = _pil_square(os.path.join(photos, celeba_names[part][index]), 32, "paper")
+        _assert_close_to_pil(images[index], reference)
+
+
+def test_celeba_cache_round_trip(celeba32, celeba_dir, celeba_cache, monkeypatch):
+    files = os.listdir(celeba_cache)
+    assert len(files) == 1 and files[0].startswith("celeb_a-32px-paper-6000-")
+    assert files[0].endswith(".npz")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the photos were decoded again: the cache was missed")
+
+    monkeypatch.setattr(datasets, "_decode_photos", no_decoding)
+    # The image folder itself (partition file found in its parent) is the same key.
+    again = datasets.load(
+        "celeb_a", data_dir=os.path.join(celeba_dir, "img_align_celeba"),
+        cache=celeba_cache, verbose=0,
+    )
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(again, split), getattr(celeba32, split))
+    assert os.listdir(celeba_cache) == files  # nothing new, no temporary files left
+    # Bypassing the cache decodes again.
+    with pytest.raises(AssertionError, match="cache was missed"):
+        datasets.load("celeb_a", data_dir=celeba_dir, cache=False, verbose=0)
+    monkeypatch.setenv(datasets.CACHE_ENV, "off")
+    with pytest.raises(AssertionError, match="cache was missed"):
+        datasets.load("celeb_a", data_dir=celeba_dir, verbose=0)
+    # The environment variable moves the default cache.
+    monkeypatch.setenv(datasets.CACHE_ENV, celeba_cache)
+    datasets.load("celeb_a", data_dir=celeba_dir, verbose=0)
+
+
+def test_damaged_cache_file_is_replaced(celeba_dir, celeba_names, tmp_path):
+    _photo_subset(celeba_dir, celeba_names, tmp_path / "data", counts=(3, 1, 1))
+    cache = tmp_path / "cache"
+    first = datasets.load("celeb_a", data_dir=str(tmp_path / "data"), cache=str(cache), verbose=0)
+    (path,) = cache.iterdir()
+    path.write_bytes(b"half a file")
+    with pytest.warns(UserWarning, match="unreadable cache file"):
+        again = datasets.load("celeb_a", data_dir=str(tmp_path / "data"), cache=str(cache))
+    np.testing.assert_array_equal(again.train, first.train)
+    assert [p.name for p in cache.iterdir()] == [path.name] and path.stat().st_size > 1000
+
+
+def test_celeba_64(celeba_dir, celeba_names, tmp_path):
+    # The paper's 64x64 variant: resize to 120x120, centre crop 64x64 (a subset
+    # keeps this fast; test_celeba_64_full decodes all 6,000 photos).
+    folder, _ = _photo_subset(celeba_dir, celeba_names, tmp_path)
+    splits = datasets.load("celeb_a", data_dir=str(folder), image_size=64, cache=False, verbose=0)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 3, 3)
+    assert splits.image_shape == (64, 64, 3)
+    assert splits.val.shape[1:] == splits.test.shape[1:] == (64, 64, 3)
+    assert splits.train.dtype == np.float32
+    assert splits.train.min() >= 0.0 and splits.train.max() <= 1.0
+    for part, images in ((0, splits.train), (2, splits.test)):
+        reference = _pil_square(str(folder / celeba_names[part][1]), 64, "paper")
+        _assert_close_to_pil(images[1], reference)
+
+
+@pytest.mark.slow
+def test_celeba_64_full(celeba_dir, celeba_names):
+    splits = datasets.load("celeb_a", data_dir=celeba_dir, image_size=64, cache=False, verbose=0)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == CELEBA_SPLITS
+    assert splits.image_shape == (64, 64, 3)
+    photos = os.path.join(celeba_dir, "img_align_celeba")
+    reference = _pil_square(os.path.join(photos, celeba_names[1][-1]), 64, "paper")
+    _assert_close_to_pil(splits.val[-1], reference)
+
+
+def test_celeba_aspect_crop(celeba_dir, celeba_names, tmp_path):
+    _photo_subset(celeba_dir, celeba_names, tmp_path)
+    paper = datasets.load("celeb_a", data_dir=str(tmp_path), cache=False, verbose=0)
+    aspect = datasets.load("celeb_a", data_dir=str(tmp_path), crop="aspect", cache=False, verbose=0)
+    assert (len(aspect.train), len(aspect.val), len(aspect.test)) == (6, 3, 3)
+    assert aspect.image_shape == (32, 32, 3)
+    # Not the paper's crop: the aspect ratio is kept and more of the face shows.
+    assert np.abs(aspect.train - paper.train).mean() > 20.0 / 255
+    for index in (0, 4):
+        reference = _pil_square(
+            str(tmp_path / "img_align_celeba" / celeba_names[0][index]), 32, "aspect"
+        )
+        _assert_close_to_pil(aspect.train[index], reference)
+
+
+def test_celeba_layouts_and_present_files(celeba_dir, celeba_names, tmp_path):
+    folder, chosen = _photo_subset(celeba_dir, celeba_names, tmp_path, counts=(4, 2, 2))
+    # The partition lists an image that is not there: only present files count.
+    with open(tmp_path / "list_eval_partition.txt", "a") as f:
+        f.write("999999.jpg 0\n")
+    outer = datasets.load("celeb_a", data_dir=str(tmp_path), cache=False, verbose=0)
+    inner = datasets.load("celeb_a", data_dir=str(folder), cache=False, verbose=0)
+    assert (len(outer.train), len(outer.val), len(outer.test)) == (4, 2, 2)
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(outer, split), getattr(inner, split))
+    # A photo that the partition file does not list is left out, with a warning.
+    shutil.copy(folder / celeba_names[0][0], folder / "extra.jpg")
+    with pytest.warns(UserWarning, match="not listed"):
+        splits = datasets.load("celeb_a", data_dir=str(folder), cache=False, verbose=0)
+    assert len(splits.train) == 4
+
+
+def test_celeba_seeded_split(celeba_dir, celeba_names, tmp_path):
+    folder, _ = _photo_subset(
+        celeba_dir, celeba_names, tmp_path, counts=(14, 3, 3), partition=False
+    )
+    splits = datasets.load("celeb_a", data_dir=str(folder), cache=False, verbose=0)
+    # 80% / 10% / 10%, seeded.
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (16, 2, 2)
+    everything = np.concatenate([splits.train, splits.val, splits.test])
+    keys = {image.tobytes() for image in everything}
+    assert len(keys) == 20  # each photo exactly once
+    again = datasets.load("celeb_a", data_dir=str(folder), cache=False, verbose=0)
+    np.testing.assert_array_equal(again.test, splits.test)
+    np.testing.assert_array_equal(again.train, splits.train)
+
+
+def test_celeba_png_and_grey_photos(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for index in range(5):
+        pixels = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{index:06d}.png")
+    Image.fromarray(rng.integers(0, 256, (218, 178), dtype=np.uint8)).save(tmp_path / "000009.png")
+    splits = datasets.load("celeb_a", data_dir=str(tmp_path), cache=False, verbose=0)
+    assert sum(len(images) for images in (splits.train, splits.val, splits.test)) == 6
+    assert splits.image_shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("content", ["empty", "text-only"])
+def test_celeba_folder_without_images(tmp_path, content):
+    if content == "text-only":
+        (tmp_path / "notes.txt").write_text("no photos here")
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.load("celeb_a", data_dir=str(tmp_path), cache=False, verbose=0)
+    assert str(tmp_path) in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["random-bytes", "truncated", "empty"])
+def test_corrupt_photo_is_named(celeba_dir, celeba_names, tmp_path, damage):
+    folder, _ = _photo_subset(celeba_dir, celeba_names, tmp_path, partition=False)
+    good = (folder / celeba_names[0][0]).read_bytes()
+    content = {
+        "random-bytes": np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes(),
+        "truncated": good[: len(good) // 3],
+        "empty": b"",
+    }[damage]
+    bad = folder / "000003.jpg"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        datasets.load("celeb_a", data_dir=str(folder), cache=False, verbose=0)
+    assert str(bad) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "line", ["000002.jpg 3", "000002.jpg", "000002.jpg 0 1", "000002.jpg train"]
+)
+def test_malformed_partition_file(celeba_dir, celeba_names, tmp_path, line):
+    _photo_subset(celeba_dir, celeba_names, tmp_path)
+    path = tmp_path / "list_eval_partition.txt"
+    lines = path.read_text().splitlines()
+    lines.insert(2, line)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as info:
+        datasets.load("celeb_a", data_dir=str(tmp_path), cache=False, verbose=0)
+    assert str(path) in str(info.value) and "line 3" in str(info.value)
+
+
+def test_read_partition_csv_with_header(tmp_path):
+    path = tmp_path / "list_eval_partition.csv"
+    path.write_text("image_id,partition\n000001.jpg,0\n000002.jpg,1\n000003.jpg,2\n")
+    assert datasets.read_partition(str(path)) == {
+        "000001.jpg": 0, "000002.jpg": 1, "000003.jpg": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(image_size=0), "image_size"),
+        (dict(image_size=-32), "image_size"),
+        (dict(image_size=32.0), "image_size"),
+        (dict(image_size=True), "image_size"),
+        (dict(crop="centre"), "'centre'"),
+        (dict(crop=None), "crop"),
+    ],
+)
+def test_bad_image_size_or_crop(kwargs, word, tmp_path):
+    with pytest.raises(ValueError, match=word):
+        datasets.load("celeb_a", data_dir=str(tmp_path), cache=False, **kwargs)
+
+
+def test_image_size_of_fixed_size_data(mnist_dir):
+    with pytest.raises(ValueError, match="28x28"):
+        datasets.load("mnist", data_dir=mnist_dir, image_size=32)
+
+
+# --- .npz arrays ---------------------------------------------------------------
+
+
+def _npz_arrays(n_train=60, n_test=10, shape=(6, 5), dtype=np.uint8, val=0):
+    rng = np.random.default_rng(3)
+
+    def images(n):
+        if dtype == np.uint8:
+            return rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+        return rng.random((n, *shape)).astype(dtype)
+
+    arrays = {
+        "x_train": images(n_train),
+        "y_train": rng.integers(0, 10, n_train),
+        "x_test": images(n_test),
+        "y_test": rng.integers(0, 10, (n_test, 1)),  # as keras' cifar10 stores them
+    }
+    if val:
+        arrays["x_val"] = images(val)
+        arrays["y_val"] = rng.integers(0, 10, val)
+    return arrays
+
+
+@pytest.mark.parametrize("in_folder", [False, True])
+def test_npz_uint8_without_val(tmp_path, in_folder):
+    arrays = _npz_arrays()
+    path = tmp_path / "digits.npz"
+    np.savez(path, **arrays)
+    splits = datasets.load("cifar10", data_dir=str(tmp_path if in_folder else path))
+    # Without validation arrays, the last min(5000, n // 10) training images.
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (54, 6, 10)
+    assert splits.image_shape == (6, 5, 1)
+    assert splits.train.dtype == np.float32
+    np.testing.assert_array_equal(splits.train[..., 0] * 255, arrays["x_train"][:54])
+    np.testing.assert_array_equal(splits.val[..., 0] * 255, arrays["x_train"][54:])
+    np.testing.assert_array_equal(splits.val_labels, arrays["y_train"][54:])
+    np.testing.assert_array_equal(splits.test_labels, arrays["y_test"][:, 0])
+    assert np.issubdtype(splits.test_labels.dtype, np.integer)
+
+
+def test_npz_float_with_val_no_labels(tmp_path):
+    arrays = _npz_arrays(shape=(4, 4, 3), dtype=np.float64, val=7)
+    for key in ("y_train", "y_val", "y_test"):
+        del arrays[key]
+    path = tmp_path / "faces.npz"
+    np.savez(path, **arrays)
+    splits = datasets.load("celeb_a", data_dir=str(path), image_size=4)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (60, 7, 10)
+    assert splits.image_shape == (4, 4, 3)
+    np.testing.assert_allclose(splits.val, arrays["x_val"], rtol=1e-6)
+    assert splits.train_labels is None and splits.val_labels is None
+    # The data set's default size (32) does not match 4x4 arrays: a clear error.
+    with pytest.raises(ValueError, match="4x4"):
+        datasets.load("celeb_a", data_dir=str(path))
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda a: a.pop("x_test"), ["x_test"]),
+        (lambda a: a.update(x_train=a["x_train"].astype(np.float32) * 2), ["x_train", "[0, 1]"]),
+        (lambda a: a.update(y_train=a["y_train"][:-1]), ["y_train"]),
+        (lambda a: a.update(x_test=a["x_test"][..., None][:, :3]), ["shape"]),
+        (lambda a: a.update(x_train=np.zeros((60, 6), np.uint8)), ["x_train"]),
+    ],
+    ids=["no-x_test", "float-range", "labels-length", "shapes-differ", "flat"],
+)
+def test_npz_errors_name_file(tmp_path, change, words):
+    arrays = _npz_arrays()
+    change(arrays)
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError) as info:
+        datasets.load("svhn_cropped", data_dir=str(path))
+    assert str(path) in str(info.value)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_npz_not_a_zip(tmp_path):
+    path = tmp_path / "broken.npz"
+    path.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="broken.npz"):
+        datasets.load("cifar10", data_dir=str(path))
+
+
+# --- tensorflow-datasets -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tfds_mnist_dir(mnist_dir, tmp_path_factory):
+    """TFDS's own mnist, prepared offline from the shared IDX files (~20 s)."""
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    assert datasets.main(["prepare-mnist", "--idx-dir", mnist_dir, "--data-dir", data_dir]) == 0
+    return data_dir
+
+
+def test_tfds_mnist_prepared_offline(tfds_mnist_dir, mnist, mnist_dir, monkeypatch):
+    assert sorted(os.listdir(tfds_mnist_dir)) == ["mnist"]  # no leftovers
+    calls = []
+    read_tfds = datasets._load_tfds
+
+    def spy(*args, **kwargs):
+        calls.append(args[0])
+        return read_tfds(*args, **kwargs)
+
+    def no_idx(*args, **kwargs):
+        raise AssertionError("the IDX loader was used")
+
+    monkeypatch.setattr(datasets, "_load_tfds", spy)
+    monkeypatch.setattr(datasets, "_load_idx_dataset", no_idx)
+    splits = datasets.load("mnist", data_dir=tfds_mnist_dir, verbose=0)
+    assert calls == ["mnist"]
+    # The same images and labels as the IDX route, in the same order.
+    for field in ("train", "val", "test", "train_labels", "val_labels", "test_labels"):
+        np.testing.assert_array_equal(getattr(splits, field), getattr(mnist, field))
+    assert splits.train.dtype == np.float32
+    # Preparing again finds it prepared and does nothing.
+    assert datasets.prepare_tfds_mnist(mnist_dir, tfds_mnist_dir).is_prepared()
+
+
+@pytest.mark.slow
+def test_tfds_version_folder(tfds_mnist_dir, mnist):
+    version = os.listdir(os.path.join(tfds_mnist_dir, "mnist"))[0]
+    splits = datasets.load(
+        "mnist", data_dir=os.path.join(tfds_mnist_dir, "mnist", version), verbose=0
+    )
+    np.testing.assert_array_equal(splits.test[:100], mnist.test[:100])
+    np.testing.assert_array_equal(splits.val_labels, mnist.val_labels)
+
+
+def test_tfds_rejects_recompressed_fashion_mnist(fashion_dir, tmp_path):
+    with pytest.raises(ValueError) as info:
+        datasets.prepare_tfds("fashion_mnist", fashion_dir, str(tmp_path))
+    message = str(info.value)
+    assert "train-images-idx3-ubyte.gz" in message and "not byte-identical" in message
+    assert not (tmp_path / "fashion_mnist").exists()
+
+
+def test_prepare_needs_source_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        datasets.prepare_tfds_mnist(str(tmp_path / "nowhere"), str(tmp_path / "tfds"))
+    assert datasets.main(
+        ["prepare-mnist", "--idx-dir", str(tmp_path), "--data-dir", str(tmp_path / "tfds")]
+    ) == 2  # an empty folder: the missing files are named on stderr
+
+
+@pytest.mark.parametrize("name", ["mnist", "celeb_a", "svhn_cropped", "cifar10"])
+def test_not_in_tfds_offline(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(ValueError) as info:
+        datasets.load(name)
+    message = str(info.value)
+    assert name in message and "download=False" in message
+    for fix in ("--data-dir", "--download"):
+        assert fix in message
+
+
+@pytest.mark.parametrize("name", ["svhn_cropped", "cifar10"])
+def test_folder_without_data(name, tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.load(name, data_dir=str(tmp_path))
+    message = str(info.value)
+    assert str(tmp_path) in message and "--download" in message and ".npz" in message

@@ -49,6 +49,10 @@ def test_run_writes_model_config_and_metrics(tmp_path):
     assert isinstance(model, dmfa_tf.DMFAModel) and model.num_components == 2
     workdir = tmp_path / "runs" / "digits"
     assert (workdir / "checkpoints" / "last.keras").exists()
+    # The shipped file has no optimizer state; the checkpoint (for resuming) has Adam's.
+    assert getattr(model, "optimizer", None) is None
+    saved_size = os.path.getsize(output / "model.keras")
+    assert saved_size < 0.5 * os.path.getsize(workdir / "checkpoints" / "last.keras")
     with open(workdir / "log.csv") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
 
@@ -114,7 +118,7 @@ def test_mnist_from_idx_files(tmp_path, shared_data):
         (dict(mask="dropout:7"), ValueError, "dropout:7"),
         (dict(dataset="mnist"), ValueError, "--data-dir"),
         (dict(dataset="mnist", data_dir="no/such/folder"), FileNotFoundError, "no/such/folder"),
-        (dict(architecture="mlp", width=4), ValueError, "fullconv"),
+        (dict(architecture="linear_heads", width=4), ValueError, "linear_heads"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(tmp_path, overrides, error, message):
@@ -183,3 +187,26 @@ def test_embedded_default_beats_the_diagonal_gaussian(tmp_path):
     assert metrics["nll"]["mean"] < metrics["baseline"]["nll"]["mean"] - 3.0, metrics
     assert metrics["mse"]["mean"] < metrics["baseline"]["mse"]["mean"], metrics
     assert metrics["total_seconds"] < 180
+
+
+def test_inference_copy_has_the_weights_and_no_optimizer(tmp_path):
+    from dmfa_tf.training import inference_copy
+
+    keras.utils.set_random_seed(3)
+    model = dmfa_tf.build_model((8, 8, 1), "mlp", components=2, factors=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    rng = np.random.default_rng(0)
+    inputs = {
+        "image": rng.uniform(size=(8, 8, 8, 1)).astype("float32"),
+        "mask": np.ones((8, 8, 8, 1), "float32"),
+    }
+    inputs["mask"][:, 2:6, 1:5] = 0
+    model.fit(inputs, epochs=2, batch_size=4, verbose=0)
+    copy = inference_copy(model)
+    assert getattr(copy, "optimizer", None) is None
+    path = str(tmp_path / "copy.keras")
+    copy.save(path)
+    loaded = keras.saving.load_model(path)
+    expected, actual = model(inputs), loaded(inputs)
+    for key in ("logits", "loc", "factors", "diag"):
+        np.testing.assert_array_equal(actual[key].numpy(), expected[key].numpy())
