@@ -547,6 +547,7 @@ class MFA:
         try:
             with os.fdopen(handle, "wb") as f:
                 np.savez(f, **arrays)
+            os.chmod(partial, 0o666 & ~_umask())  # mkstemp's file is private (0600)
             os.replace(partial, os.path.join(folder, FILENAME))
         finally:
             if os.path.exists(partial):
@@ -572,6 +573,12 @@ class MFA:
                 variance_floor=None if math.isnan(floor) else floor,
                 info=json.loads(str(data["info"])),
             )
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # === Conditionals (TensorFlow) ===

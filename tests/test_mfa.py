@@ -320,6 +320,10 @@ def test_save_and_load_round_trip(tmp_path, digits):
     model.conditional = "exact"
     model.save(str(tmp_path / "mfa"))
     assert os.listdir(tmp_path / "mfa") == ["mfa.npz"]
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = os.stat(tmp_path / "mfa" / "mfa.npz").st_mode & 0o777
+    assert mode == 0o666 & ~umask  # as a plain open() would make it, not mkstemp's 0600
     for restored in (MFA.load(str(tmp_path / "mfa")), saving.load(str(tmp_path / "mfa"))):
         assert isinstance(restored, MFA)
         assert restored.conditional == "exact" and restored.noise_type == "diagonal"
