@@ -218,6 +218,14 @@ def write_json(path, content):
 
 def timed_score(model, images, mask, seed, batch_size, verbose):
     """`score` plus the seconds it took (the first batch includes tracing)."""
-    started = time.time()
-    scores = score(model, images, mask, seed=seed, batch_size=batch_size, verbose=verbose)
-    return scores, time.time() - started
+    # Each model traces its own functions; after a few models TensorFlow warns
+    # about retracing, which is expected here and only noise.
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        started = time.time()
+        scores = score(model, images, mask, seed=seed, batch_size=batch_size, verbose=verbose)
+        return scores, time.time() - started
+    finally:
+        logger.setLevel(level)
