@@ -234,3 +234,22 @@ def test_inference_copy_has_the_weights_and_no_optimizer(tmp_path):
     expected, actual = model(inputs), loaded(inputs)
     for key in ("logits", "loc", "factors", "diag"):
         np.testing.assert_array_equal(actual[key].numpy(), expected[key].numpy())
+
+
+class _LearningRateAtEnd(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        self.value = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+def test_cosine_schedule_and_mlp_width(tmp_path):
+    recorder = _LearningRateAtEnd()
+    config = _config(tmp_path, lr_schedule="cosine", learning_rate=1e-3, width=16)
+    metrics = train_and_evaluate(config, verbose=0, callbacks=[recorder])
+    # CosineDecay with alpha 0.01 ends at 1% of the rate after epochs * steps.
+    np.testing.assert_allclose(recorder.value, 1e-5, rtol=1e-3)
+    # mlp --width=16 on 8x8 digits, K=1, L=4, by hand: input 8*8*2 = 128 values;
+    # hidden 128*16+16 and 16*16+16; heads logits 16+1, loc 16*64+64,
+    # factors 16*256+256, diag 16*64+64.
+    assert metrics["model"]["weights"] == 2064 + 272 + 17 + 1088 + 4352 + 1088
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step").resolved()
