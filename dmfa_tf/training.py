@@ -245,8 +245,9 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     model_scores = evaluation.score(
         model, test_images, test_mask, config.eval_seed, verbose=verbose
     )
-    baseline = DiagonalGaussian.fit(train_images, variance_floor=model.head.variance_floor)
-    baseline_scores = evaluation.score(baseline, test_images, test_mask, config.eval_seed)
+    baseline = _baseline_metrics(
+        train_images, test_images, test_mask, config.eval_seed, model.head.variance_floor
+    )
     metrics = {
         "dataset": config.dataset,
         "test_images": len(test_images),
@@ -259,13 +260,8 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             "variance_floor": model.head.variance_floor,
             "weights": int(model.count_params()),
         },
-        "nll": evaluation.summarize(model_scores["nll"]),
-        "mse": evaluation.summarize(model_scores["squared_error"]),
-        "baseline": {
-            "name": "diagonal Gaussian",
-            "nll": evaluation.summarize(baseline_scores["nll"]),
-            "mse": evaluation.summarize(baseline_scores["squared_error"]),
-        },
+        **_nll_and_mse(model_scores),
+        "baseline": baseline,
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - started, 1),
         "hardware": hardware_description(),
@@ -285,6 +281,21 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         print(format_summary(metrics, config.output))
     export_if_asked(config, model, verbose)
     return metrics
+
+
+def _nll_and_mse(scores):
+    """`{"nll", "mse"}` summaries of per-image `evaluation.score` results."""
+    return {
+        "nll": evaluation.summarize(scores["nll"]),
+        "mse": evaluation.summarize(scores["squared_error"]),
+    }
+
+
+def _baseline_metrics(train_images, test_images, test_mask, seed, variance_floor):
+    """The diagonal Gaussian fitted to `train_images`, scored on the test masks."""
+    baseline = DiagonalGaussian.fit(train_images, variance_floor=variance_floor)
+    scores = evaluation.score(baseline, test_images, test_mask, seed)
+    return {"name": "diagonal Gaussian", **_nll_and_mse(scores)}
 
 
 def export_if_asked(config, model, verbose=1):
@@ -383,8 +394,9 @@ def _train_mfa(config, data, train_images, test_images, test_mask, started, verb
                 verbose=verbose,
             )
         model.conditional = "paper"
-        baseline = DiagonalGaussian.fit(train_images, variance_floor=floor)
-        baseline_scores = evaluation.score(baseline, test_images, test_mask, config.eval_seed)
+        baseline = _baseline_metrics(
+            train_images, test_images, test_mask, config.eval_seed, floor
+        )
     finally:
         tf_logger.setLevel(logger_level)
     metrics = {
@@ -404,17 +416,9 @@ def _train_mfa(config, data, train_images, test_images, test_mask, started, verb
             "train_images": len(train_images),
         },
         "conditional": "paper",
-        "nll": evaluation.summarize(scores["paper"]["nll"]),
-        "mse": evaluation.summarize(scores["paper"]["squared_error"]),
-        "exact": {
-            "nll": evaluation.summarize(scores["exact"]["nll"]),
-            "mse": evaluation.summarize(scores["exact"]["squared_error"]),
-        },
-        "baseline": {
-            "name": "diagonal Gaussian",
-            "nll": evaluation.summarize(baseline_scores["nll"]),
-            "mse": evaluation.summarize(baseline_scores["squared_error"]),
-        },
+        **_nll_and_mse(scores["paper"]),
+        "exact": _nll_and_mse(scores["exact"]),
+        "baseline": baseline,
         "log_likelihood_history": model.history,
         "fit_seconds": round(fit_seconds, 1),
         "train_seconds": round(fit_seconds, 1),  # the same, for parity with DMFA runs
