@@ -2,13 +2,16 @@
 
     python evaluate.py --model=saved_models/mnist --dataset=mnist --hole=10x15
     python evaluate.py --model=saved_models/mnist --compare saved_models/mnist_mfa \
-        saved_models/mnist_mfa:exact diagonal --mosaic=mnist.png
+        saved_models/mnist_mfa:exact diagonal gaussian knn --mosaic=mnist.png
 
 Per image: NLL (nats, summed over the missing pixels), the paper's MSE (sum of
 squared errors of the most probable imputation), PSNR and SSIM of the inpainted
-image. Image i of the split gets the mask seeded (seed, i), the same for every
-model, so comparisons are paired. Writes a per-image CSV per model, a JSON
-summary and, with several models, a markdown table. The README lists the flags.
+image, and the squared Mahalanobis distance of the missing block; per split,
+the calibration of the per-pixel marginals (50% / 90% interval coverage, PIT
+deciles) and the share of Mahalanobis distances in the chi-squared tails.
+Image i of the split gets the mask seeded (seed, i), the same for every model,
+so comparisons are paired. Writes a per-image CSV per model, a JSON summary
+and, with several models, a markdown table. The README lists the flags.
 """
 
 import argparse
@@ -26,7 +29,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--model",
         help="saved model folder (saved_models/<name>) or .keras file; MFA folders take "
-        "':paper' or ':exact' (the conditional); 'diagonal' is the diagonal-Gaussian baseline",
+        "':paper' or ':exact' (the conditional); or a baseline fitted to the training split: "
+        "'diagonal' (diagonal Gaussian), 'gaussian' or 'gaussian:R' (full-covariance Gaussian, "
+        "regularisation R, 1e-4), 'knn' or 'knn:N' (KNNImputer, k=5, the first N training images)",
     )
     parser.add_argument(
         "--compare", nargs="+", default=[], metavar="MODEL",
@@ -71,14 +76,18 @@ def _slug(text):
 
 def evaluate(args):
     import platform
-
-    import tensorflow as tf
+    import time
 
     from dmfa_tf import datasets, evaluation, masks, saving, training
 
     specs = [evaluation.parse_model_spec(t) for t in ([args.model] if args.model else []) + args.compare]
+    mosaic_spec = evaluation.parse_model_spec(args.mosaic_baseline) if args.mosaic_baseline else None
+    for spec in specs + ([mosaic_spec] if mosaic_spec else []):
+        spec.check()  # a bad name fails before anything is loaded
+    # Training images are read only for the baselines fitted to them.
+    needs_train = any(s.is_baseline for s in specs + ([mosaic_spec] if mosaic_spec else []))
     config = next(
-        (c for c in (saving.load_config(s.path) for s in specs if s.path != "diagonal") if c), {}
+        (c for c in (saving.load_config(s.path) for s in specs if not s.is_baseline) if c), {}
     )
     dataset = args.dataset or config.get("dataset")
     if not dataset:
@@ -92,12 +101,18 @@ def evaluate(args):
     generator = masks.parse(mask_spec)
 
     verbose = 0 if args.quiet else 1
-    data = datasets.load(dataset, data_dir, image_size=image_size, crop=crop, verbose=verbose)
+    splits = (args.split,) + (("train",) if needs_train else ())
+    data = datasets.load(
+        dataset, data_dir, image_size=image_size, crop=crop, verbose=verbose, splits=splits
+    )
     images = data.test if args.split == "test" else data.val
     labels = data.test_labels if args.split == "test" else data.val_labels
     images = images[: args.limit]
     labels = None if labels is None else labels[: args.limit]
     generator(images.shape[1], images.shape[2], seed=[0, 0])  # a hole that does not fit fails here
+    started = time.time()
+    test_masks = evaluation.seeded_masks(images, generator, args.seed)  # once, for every model
+    mask_seconds = time.time() - started
 
     output = args.output or os.path.join(
         "results",
@@ -105,17 +120,18 @@ def evaluate(args):
     )
     rows, summary, loaded = [], {}, {}
     for spec in specs:
-        model = spec.load(train_images=data.train)
+        model = spec.load(train_images=data.train, dataset=dataset)
         loaded[spec.label] = model
         if verbose:
             print(f"Scoring {spec.label} on {len(images):,} {dataset} {args.split} images, "
                   f"masks {generator.spec()} (seed {args.seed})")
         scores, seconds = evaluation.timed_score(
-            model, images, generator, args.seed, args.batch_size, verbose
+            model, images, test_masks, args.seed, args.batch_size, verbose
         )
         name = "per_image.csv" if len(specs) == 1 else f"per_image_{_slug(spec.label)}.csv"
         evaluation.write_csv(os.path.join(output, name), scores, labels)
         metrics = {key: evaluation.summarize(scores[key]) for key in evaluation.METRICS}
+        metrics["calibration"] = evaluation.calibration(scores)
         rows.append((spec.label, metrics))
         summary[spec.label] = {
             "model": spec.path,
@@ -133,6 +149,7 @@ def evaluate(args):
         "images": int(len(images)),
         "mask": generator.spec(),
         "seed": args.seed,
+        "mask_seconds": round(mask_seconds, 2),
         "models": summary,
         "hardware": training.hardware_description(),
         "python": platform.python_version(),
@@ -142,7 +159,8 @@ def evaluate(args):
     if len(specs) > 1:
         header = (
             f"{len(images):,} {dataset} {args.split} images, masks {generator.spec()} "
-            f"(seed {args.seed}); per image, summed over the missing pixels\n\n"
+            f"(seed {args.seed}); per image, summed over the missing pixels; calibration "
+            "pooled over all missing pixels\n\n"
         )
         evaluation.write_text(os.path.join(output, "comparison.md"), header + table + "\n")
 
@@ -150,18 +168,15 @@ def evaluate(args):
         from dmfa_tf import visualization
 
         count = min(args.mosaic_images, len(images))
-        batch = next(iter(
-            masks.with_masks(
-                tf.data.Dataset.from_tensor_slices(images[:count]),
-                generator,
-                args.seed,
-            ).batch(count)
-        ))
         baseline_label = None
-        if args.mosaic_baseline:
-            baseline_spec = evaluation.parse_model_spec(args.mosaic_baseline)
-            baseline = baseline_spec.load(train_images=data.train)
-            baseline_label = baseline_spec.label
+        if mosaic_spec:
+            key = (mosaic_spec.path, mosaic_spec.conditional, mosaic_spec.option)
+            scored = [s for s in specs if (s.path, s.conditional, s.option) == key]
+            if scored:  # already loaded (and fitted) for scoring
+                baseline = loaded[scored[0].label]
+            else:
+                baseline = mosaic_spec.load(train_images=data.train, dataset=dataset)
+            baseline_label = mosaic_spec.label
         elif len(specs) > 1:
             baseline_label = specs[1].label
             baseline = loaded[baseline_label]
@@ -170,16 +185,18 @@ def evaluate(args):
         visualization.mosaic(
             args.mosaic,
             loaded[specs[0].label],
-            batch["image"].numpy(),
-            batch["mask"].numpy(),
+            images[:count],
+            test_masks[:count],
             baseline=baseline,
             baseline_label=baseline_label or "baseline",
         )
 
     print()
     print(f"{len(images):,} {dataset} {args.split} images, masks {generator.spec()} (seed {args.seed}); "
-          "per image, summed over the missing pixels, lower is better for NLL and MSE")
+          "per image, summed over the missing pixels, lower is better for NLL and MSE; "
+          "calibration pooled over all missing pixels")
     print(table)
+    print(f"  masks: {mask_seconds:.1f} s (made once for every model)")
     for label, info in summary.items():
         print(f"  {label}: {info['seconds']:.1f} s, {info['images_per_second']:.0f} images/s")
     print(f"Wrote {output}/ (summary.json, per-image CSV{', comparison.md' if len(specs) > 1 else ''})"

@@ -34,6 +34,9 @@ setup(
         "tensorboard>=2.18,<2.22",
         "numpy>=1.26,<3",
         "scikit-learn>=1.3,<2",
+        # The baselines' linear algebra and the calibration's chi-squared
+        # percentiles (scikit-learn needs it too).
+        "scipy>=1.10,<2",
         "matplotlib>=3.7,<4",
         "Pillow>=10,<14",
     ],

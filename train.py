@@ -72,7 +72,8 @@ def parse_args(argv=None):
         "<export>/<name>/<next version>/ (e.g. --export=serving)",
         "max_train_images": "use only the first N training images",
         "max_test_images": "score only the first N test images",
-        "jit_compile": "XLA: auto (GPU only), true or false",
+        "jit_compile": "XLA: auto (where measured to pay: GPUs; on CPU linear_heads and "
+        "fullconv, for runs of 200 steps or more), true or false",
         "model": "dmfa (a network, default) or mfa (the classical mixture of factor "
         "analysers, fitted by EM on complete images)",
         "mfa_components": "--model=mfa: K (default per data set: digits 10, mnist 50)",
@@ -80,6 +81,14 @@ def parse_args(argv=None):
         "mfa_iterations": "--model=mfa: EM iterations (default 30)",
         "mfa_noise": "--model=mfa: isotropic (MPPCA, the paper's, default) or diagonal noise",
         "mfa_init": "--model=mfa: kmeans (default) or random initialisation",
+        "objective": "training objective: nll, nll+mse[:w] (NLL + w x the paper's MSE, "
+        "w = 1), beta_nll[:beta] (beta-NLL per image, beta = 0.5), mse_mean[:w] (the means "
+        "by the squared error, the covariance by the NLL at the stopped means); default per "
+        "data set: mnist nll+mse:1, celeb_a nll+mse:0.1, others nll",
+        "objective_switch_epoch": "train on --objective for this many epochs, then on the "
+        "NLL alone (the reference's two CelebA phases)",
+        "select": "the shipped epoch: the lowest of val_nll (default), val_mse, a weighted "
+        "sum such as 'val_nll+20*val_mse', or 'last'",
     }
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -96,7 +105,8 @@ def parse_args(argv=None):
         kind = {int: int, float: float}.get(type(field.default), None)
         if field.name in ("components", "factors", "epochs", "batch_size", "width",
                           "seed", "eval_seed", "max_train_images", "max_test_images",
-                          "mfa_components", "mfa_factors", "mfa_iterations"):
+                          "mfa_components", "mfa_factors", "mfa_iterations",
+                          "objective_switch_epoch"):
             kind = int
         if field.name in ("learning_rate", "factor_amplitude", "variance_floor"):
             kind = float

@@ -71,6 +71,7 @@ import numpy as np
 __all__ = [
     "CROPS",
     "DATASETS",
+    "SPLITS",
     "Splits",
     "load",
     "prepare_tfds",
@@ -122,7 +123,8 @@ _LOCAL_FORMATS = {
 @dataclasses.dataclass(frozen=True)
 class Splits:
     """Three splits of images `[n, H, W, C]` float32 in [0, 1] and labels `[n]`
-    (None where the data set has none)."""
+    (None where the data set has none, or where `load` was not asked for the
+    split)."""
 
     train: np.ndarray
     val: np.ndarray
@@ -133,7 +135,8 @@ class Splits:
 
     @property
     def image_shape(self):
-        return tuple(self.train.shape[1:])
+        images = next(x for x in (self.train, self.val, self.test) if x is not None)
+        return tuple(images.shape[1:])
 
 
 # --- IDX files (MNIST, Fashion-MNIST) ------------------------------------------
@@ -189,7 +192,9 @@ def _find_idx(data_dir, stem):
     )
 
 
-def _load_idx_dataset(data_dir, val_size=VAL_HOLDOUT):
+def _load_idx_dataset(data_dir, val_size=VAL_HOLDOUT, need_train=True):
+    """The IDX files' splits; `need_train=False` reads only the test files
+    (train and val are None)."""
     if not data_dir:
         raise ValueError(
             "This data set is read from its IDX files: pass data_dir (--data-dir) "
@@ -197,6 +202,18 @@ def _load_idx_dataset(data_dir, val_size=VAL_HOLDOUT):
         )
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"Data folder not found: {data_dir}")
+    if not need_train:
+        test, labels = (read_idx(_find_idx(data_dir, IDX_FILES[f"test_{key}"])) for key in ("images", "labels"))
+        if test.ndim != 3 or labels.ndim != 1 or len(test) != len(labels):
+            raise ValueError(
+                f"{data_dir}: test images {test.shape} and labels {labels.shape} do not match."
+            )
+        return Splits(
+            train=None,
+            val=None,
+            test=test[..., None].astype(np.float32) / 255.0,
+            test_labels=labels.astype(np.int64),
+        )
     arrays = {key: read_idx(_find_idx(data_dir, stem)) for key, stem in IDX_FILES.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -793,6 +810,22 @@ def _tfds_builder(name, data_dir):
         return tfds.builder(name, data_dir=data_dir)
 
 
+def _may_hold_tfds(folder, name):
+    """Whether the local `folder` can hold a TFDS-prepared `name`: TFDS keeps
+    it in `<folder>/<name>/[<config>/]<version>/`, and `_tfds_builder` also
+    takes a version folder or the data set's own folder of versions. Folders
+    that cannot are not handed to TFDS (importing it and making a builder take
+    about a second)."""
+    if os.path.isdir(os.path.join(folder, name)):
+        return True
+    if os.path.isfile(os.path.join(folder, "dataset_info.json")):
+        return True
+    return os.path.basename(os.path.normpath(folder)) == name and any(
+        os.path.isfile(os.path.join(folder, entry, "dataset_info.json"))
+        for entry in os.listdir(folder)
+    )
+
+
 def _tfds_default_dir():
     return os.environ.get("TFDS_DATA_DIR") or os.path.join("~", "tensorflow_datasets")
 
@@ -1056,6 +1089,9 @@ def prepare_tfds_mnist(idx_dir, data_dir):
 # --- the entry point ---------------------------------------------------------
 
 
+SPLITS = ("train", "val", "test")
+
+
 def load(
     name,
     data_dir=None,
@@ -1064,6 +1100,7 @@ def load(
     download=False,
     cache=True,
     verbose=1,
+    splits=SPLITS,
 ):
     """Loads a data set by name (see the module docstring).
 
@@ -1084,6 +1121,10 @@ def load(
             files are keyed by the folder, image size, crop and file list, and
             written to a temporary file first, then renamed. Delete them freely.
         verbose: 1 shows a progress bar for long decodes, 0 nothing.
+        splits: the splits wanted, some of `("train", "val", "test")` (all);
+            the others are None in the result. The IDX loader then skips the
+            training files when neither "train" nor "val" is wanted (the
+            other sources read everything).
 
     Returns:
         `Splits`.
@@ -1094,6 +1135,21 @@ def load(
         FileNotFoundError: `data_dir` or a file in it is missing.
         RuntimeError: TFDS failed to download.
     """
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    unknown = [split for split in splits if split not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"`splits` must name some of {SPLITS}. Received: splits={splits!r}")
+    result = _load(name, data_dir, image_size, crop, download, cache, verbose,
+                   need_train="train" in splits or "val" in splits)
+    dropped = {}
+    for split in SPLITS:
+        if split not in splits:
+            dropped[split] = None
+            dropped[f"{split}_labels"] = None
+    return dataclasses.replace(result, **dropped) if dropped else result
+
+
+def _load(name, data_dir, image_size, crop, download, cache, verbose, need_train):
     if name not in DATASETS:
         raise ValueError(
             f"Unknown dataset {name!r}; choose one of {sorted(DATASETS)}."
@@ -1136,16 +1192,18 @@ def load(
         return _load_npz(data_dir, name, image_size)
 
     # 1. A TFDS-prepared copy.
-    builder = _tfds_builder(name, data_dir)
-    if _is_prepared(builder):
-        return _load_tfds(name, builder, image_size, crop, cache, verbose)
+    builder = None
+    if _may_hold_tfds(data_dir, name):
+        builder = _tfds_builder(name, data_dir)
+        if _is_prepared(builder):
+            return _load_tfds(name, builder, image_size, crop, cache, verbose)
     # 2. Local files.
     npz = _find_npz(data_dir, name)
     if npz is not None:
         return _load_npz(npz, name, image_size)
     if name in _IDX_NAMES and (_has_idx_files(data_dir) or not download):
         _check_native_size(name, (28, 28), image_size, data_dir)
-        return _load_idx_dataset(data_dir)
+        return _load_idx_dataset(data_dir, need_train=need_train)
     if name == "celeb_a":
         try:
             return _load_celeba_folder(data_dir, image_size, crop, cache, verbose)
@@ -1154,6 +1212,7 @@ def load(
                 raise
     # 3. A download into data_dir.
     if download:
+        builder = builder or _tfds_builder(name, data_dir)
         _download_and_prepare(name, builder)
         return _load_tfds(name, builder, image_size, crop, cache, verbose)
     raise FileNotFoundError(_not_in_tfds(name, data_dir) + f" ({data_dir} holds neither.)")

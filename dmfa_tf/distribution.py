@@ -390,8 +390,34 @@ class MaskedFactorMixture(tfd.Distribution):
             with tf.control_dependencies(self._sample_control_dependencies(x)):
                 return self._component_log_prob(x)
 
+    def component_mahalanobis(self, x, name="component_mahalanobis"):
+        """Squared Mahalanobis distances of `x`'s missing coordinates from each
+        component: `(x_M - loc_k[M])^T Sigma_k[M, M]^-1 (x_M - loc_k[M])`.
+
+        The quadratic form of `component_log_prob`, by the same Woodbury
+        computation (module docstring); under component `k` it follows a
+        chi-squared distribution with `|M|` degrees of freedom.
+
+        Args:
+            x: `[S, B, N]` values; only the missing (mask 0) coordinates are read.
+            name: name scope of the ops.
+
+        Returns:
+            `[S, B, K]` distances; 0 where nothing is missing.
+        """
+        with self._name_and_control_scope(name):
+            x = tf.convert_to_tensor(x, self.dtype, name="x")
+            with tf.control_dependencies(self._sample_control_dependencies(x)):
+                return self._mahalanobis(x, self._whitened_factors())
+
     def _component_log_prob(self, x):
-        scored, weight, factors, chol, log_det, num_scored = self._whitened_factors()
+        whitened = self._whitened_factors()
+        _, _, _, _, log_det, num_scored = whitened
+        mahalanobis = self._mahalanobis(x, whitened)  # [S, B, K]
+        return -0.5 * (mahalanobis + log_det) - _HALF_LOG_TWO_PI * num_scored
+
+    def _mahalanobis(self, x, whitened):
+        scored, weight, factors, chol, _, _ = whitened
         residual = tf.expand_dims(x, -2) - self._loc  # [S, B, K, N]
         residual = tf.where(scored, residual * weight, tf.zeros_like(residual))
         projected = tf.linalg.matvec(factors, residual, transpose_a=True)  # [S, B, K, L]
@@ -400,10 +426,9 @@ class MaskedFactorMixture(tfd.Distribution):
         )[..., 0]  # [S, B, K, L]: C^-1 A~^T r~
         unexplained = residual - tf.linalg.matvec(factors, latent)  # [S, B, K, N]
         # Two sums of squares, no cancellation (see the module docstring).
-        mahalanobis = tf.reduce_sum(tf.square(unexplained), axis=-1) + tf.reduce_sum(
+        return tf.reduce_sum(tf.square(unexplained), axis=-1) + tf.reduce_sum(
             tf.square(latent), axis=-1
         )  # [S, B, K]
-        return -0.5 * (mahalanobis + log_det) - _HALF_LOG_TWO_PI * num_scored
 
     def _log_prob(self, x):
         component = self._component_log_prob(x)  # [S, B, K]

@@ -16,11 +16,12 @@ log-likelihood as its loss, so training is `model.compile(optimizer)` then
 import keras
 import tensorflow as tf
 
+from dmfa_tf import optimizers
 from dmfa_tf.distribution import MaskedFactorMixture, unflatten_images
 from dmfa_tf.layers import ConvMixtureHead, DenseMixtureHead, ObservedInput
-from dmfa_tf.losses import negative_log_likelihood, squared_error, unpack_images
+from dmfa_tf.losses import Objective, objective_loss, squared_error, unpack_images
 
-__all__ = ["ARCHITECTURES", "DMFAModel", "build_model"]
+__all__ = ["ARCHITECTURES", "AUTO_XLA_MIN_STEPS", "CPU_XLA", "DMFAModel", "auto_jit_compile", "build_model"]
 
 
 # === Architectures ===
@@ -101,6 +102,67 @@ ARCHITECTURES = {
     "fullconv": _fullconv,
     "mlp": _mlp,
 }
+
+
+# `jit_compile="auto"` on CPU, per architecture, from benchmarks/bench_training.py
+# (README, "Speed"): XLA where the whole step, compile time included, is faster.
+CPU_XLA = {"linear_heads": True, "fullconv": True, "mlp": False}
+
+
+# With jit_compile="auto", `fit` compiles with XLA only runs of at least this
+# many steps: XLA's compile (10-30 s on 2 CPU cores) must be paid back.
+AUTO_XLA_MIN_STEPS = 200
+
+
+def _planned_steps(x=None, y=None, batch_size=None, epochs=1, verbose="auto",
+                   callbacks=None, validation_split=0.0, validation_data=None, shuffle=True,
+                   class_weight=None, sample_weight=None, initial_epoch=0,
+                   steps_per_epoch=None, **unused):
+    """The number of training steps `fit(...)` will run, or None if unknown
+    (an endless or unsized data set without `steps_per_epoch`)."""
+    epochs = max(0, int(epochs) - int(initial_epoch))
+    if steps_per_epoch is None:
+        if isinstance(x, tf.data.Dataset):
+            cardinality = int(x.cardinality())
+            if cardinality < 0:  # infinite or unknown
+                return None
+            steps_per_epoch = cardinality
+        elif x is not None and hasattr(x, "__len__"):
+            size = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+            steps_per_epoch = -(-size // (batch_size or 32))
+        else:
+            return None
+    return epochs * int(steps_per_epoch)
+
+
+def architecture_of(model):
+    """`"linear_heads"`, `"fullconv"` or `"mlp"`: what `build_model` built
+    `model` as, read from its layers (None for other networks)."""
+    layers = {layer.name: layer for layer in model.layers}
+    head = layers.get("mixture_head")
+    if isinstance(head, ConvMixtureHead):
+        return "fullconv"
+    if isinstance(head, DenseMixtureHead):
+        if any(isinstance(layer, keras.layers.Conv2D) for layer in model.layers):
+            return "linear_heads"
+        return "mlp"
+    return None
+
+
+def auto_jit_compile(model):
+    """What `jit_compile="auto"` means for `model` on this machine.
+
+    On a GPU, XLA (as Keras). On CPU, XLA for the architectures where it was
+    measured to pay (`CPU_XLA`), not for the others nor for networks that
+    `build_model` did not make. Never under a `tf.distribute` strategy with
+    several replicas, where Keras does not support it.
+    """
+    strategy = getattr(model, "_distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return False
+    if any(d.device_type != "CPU" for d in tf.config.list_physical_devices()):
+        return True
+    return CPU_XLA.get(architecture_of(model), False)
 
 
 def build_model(
@@ -185,12 +247,45 @@ class DMFAModel(keras.Model):
     `{"image", "mask"}` dicts (the image is the target) or of
     `({"image", "mask"}, target)` pairs. Metrics: `nll` (nats per image) and
     `mse` (sum of squared errors of the most probable imputation per image).
+
+    `model.objective = "nll+mse:1"` (or `"beta_nll:0.5"`, `"mse_mean"`) trains
+    on another objective (`dmfa_tf.losses`); the default is `"nll"`. It is
+    saved with the model; the `nll` and `mse` metrics stay the plain scores.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.nll_tracker = keras.metrics.Mean(name="nll")
         self.mse_tracker = keras.metrics.Mean(name="mse")
+        self._dmfa_objective = Objective.parse("nll")
+
+    @property
+    def objective(self):
+        """The training objective's spec, e.g. `"nll"` or `"nll+mse:1"`.
+
+        Setting it (a spec or a `dmfa_tf.losses.Objective`) takes effect at the
+        next `fit` / `evaluate` call: the traced step functions are dropped.
+        Inside `fit` (a callback), also call `make_train_function(force=True)`.
+        """
+        return str(self._dmfa_objective)
+
+    @objective.setter
+    def objective(self, spec):
+        objective = Objective.parse(spec)
+        if objective != self._dmfa_objective:
+            self._dmfa_objective = objective
+            self.train_function = self.test_function = None
+
+    def get_config(self):
+        return {**super().get_config(), "objective": self.objective}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        objective = config.pop("objective", "nll")
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.objective = objective
+        return model
 
     @property
     def image_shape(self):
@@ -209,14 +304,72 @@ class DMFAModel(keras.Model):
     def num_factors(self):
         return self.head.factors
 
-    def compile(self, optimizer="adam", loss=None, **kwargs):
-        """As `keras.Model.compile`, without `loss`: the loss is the masked NLL."""
+    def compile(self, optimizer="adam", loss=None, jit_compile="auto", fuse_optimizer=True, **kwargs):
+        """As `keras.Model.compile`, without `loss`: the loss is the masked NLL.
+
+        Two speed defaults differ from Keras's; both were measured
+        (README, "Speed"; `benchmarks/bench_training.py`):
+
+        - `jit_compile="auto"` turns XLA on where it pays for this model on
+          this device (`auto_jit_compile`), not only on GPUs. Since XLA's
+          compile time counts, `fit` keeps it off for runs of fewer than
+          `AUTO_XLA_MIN_STEPS` steps (when it knows the number).
+        - `fuse_optimizer=True` gives an `Adam` (or `AdamW`) the fused update
+          of `dmfa_tf.optimizers.fuse` (the same math in one kernel) whenever
+          the step is not compiled by XLA, which fuses the update by itself.
+          `False` keeps Keras's own update.
+        """
         if loss is not None:
             raise ValueError(
                 "DMFAModel trains on its masked negative log-likelihood (MaskedNLL); "
                 f"pass no `loss` to compile(). Received: loss={loss!r}"
             )
-        super().compile(optimizer=optimizer, **kwargs)
+        if not isinstance(fuse_optimizer, bool):
+            raise ValueError(
+                f"`fuse_optimizer` must be True or False. Received: fuse_optimizer={fuse_optimizer!r}"
+            )
+        self._dmfa_auto_jit = isinstance(jit_compile, str) and jit_compile == "auto"
+        self._dmfa_fuse_optimizer = fuse_optimizer
+        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+        self._sync_fused_optimizer()
+
+    def _sync_fused_optimizer(self):
+        # The fused kernel where the step is not XLA-compiled; Keras's update,
+        # which XLA fuses better, where it is.
+        if getattr(self, "optimizer", None) is not None:
+            wanted = getattr(self, "_dmfa_fuse_optimizer", True) and not self.jit_compile
+            if wanted or optimizers.is_fused(self.optimizer):
+                optimizers.fuse(self.optimizer, enabled=wanted)
+
+    def _resolve_auto_jit_compile(self):
+        # Keras's own rule is "XLA on GPUs only"; ours is measured per device
+        # and architecture (`auto_jit_compile`).
+        if self.run_eagerly:
+            return False
+        return auto_jit_compile(self)
+
+    def fit(self, *args, **kwargs):
+        """As `keras.Model.fit`. With `jit_compile="auto"`, a run of fewer than
+        `AUTO_XLA_MIN_STEPS` planned steps is not XLA-compiled: compiling
+        would take longer than it saves."""
+        if getattr(self, "_dmfa_auto_jit", False):
+            steps = _planned_steps(*args, **kwargs)
+            jit = auto_jit_compile(self) and (steps is None or steps >= AUTO_XLA_MIN_STEPS)
+            if bool(self.jit_compile) != jit:
+                self.jit_compile = jit
+                self.train_function = self.test_function = self.predict_function = None
+                self._sync_fused_optimizer()
+        return super().fit(*args, **kwargs)
+
+    def get_compile_config(self):
+        # Keras records the resolved `jit_compile`; record "auto" when that was
+        # asked for, so a loaded model decides again on its new machine.
+        config = super().get_compile_config()
+        if config:
+            if getattr(self, "_dmfa_auto_jit", False):
+                config["jit_compile"] = "auto"
+            config["fuse_optimizer"] = getattr(self, "_dmfa_fuse_optimizer", True)
+        return config
 
     def compile_from_config(self, config):
         # Called by `keras.saving.load_model`: compile again, optimizer state included.
@@ -232,11 +385,12 @@ class DMFAModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         target, mask = self._targets(x, y)
-        nll = negative_log_likelihood(y_pred, target, mask)  # [B]
+        # `per_image` is `nll` itself with the default objective "nll".
+        per_image, nll = objective_loss(self._dmfa_objective, y_pred, target, mask)  # [B]
         self.nll_tracker.update_state(nll, sample_weight=sample_weight)
         if sample_weight is not None:
-            nll = nll * tf.cast(tf.reshape(sample_weight, [-1]), nll.dtype)
-        loss = tf.reduce_mean(nll)
+            per_image = per_image * tf.cast(tf.reshape(sample_weight, [-1]), per_image.dtype)
+        loss = tf.reduce_mean(per_image)
         if self.losses:
             loss += tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
         # Keras sums per-replica losses; scale as its own losses do.

@@ -6,6 +6,9 @@ a diagonal-Gaussian baseline, and writes `<output>/model.keras`,
 `config.json` and `metrics.json`. Work files go to `<workdir>`:
 
     <workdir>/checkpoints/last.keras   the model after the latest epoch
+    <workdir>/checkpoints/best.json    the best epoch so far by `config.select`
+                                       (its score and logs) and its weights file,
+    <workdir>/checkpoints/best-epoch<E>.weights.h5   which is what gets shipped
     <workdir>/backup/                  BackupAndRestore state: run the same
                                        command again to continue an
                                        interrupted run where it stopped
@@ -27,10 +30,13 @@ import tensorflow as tf
 from dmfa_tf import datasets, evaluation
 from dmfa_tf import masks as masks_lib
 from dmfa_tf.baselines import DiagonalGaussian
-from dmfa_tf.config import TrainConfig
+from dmfa_tf.config import TrainConfig, parse_select
+from dmfa_tf.losses import Objective
 from dmfa_tf.models import build_model
 
 __all__ = [
+    "BestEpoch",
+    "ObjectiveSwitch",
     "hardware_description",
     "make_strategy",
     "train_and_evaluate",
@@ -135,15 +141,161 @@ def write_outputs(output, model=None, files=None, save=None):
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _callbacks(workdir, verbose):
-    os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
-    return [
-        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
-        keras.callbacks.ModelCheckpoint(os.path.join(workdir, "checkpoints", "last.keras")),
+def _write_json_atomically(path, content):
+    partial = f"{path}.partial-{os.getpid()}"
+    with open(partial, "w") as f:
+        json.dump(content, f, indent=2)
+        f.write("\n")
+    os.replace(partial, path)
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the lowest selection criterion.
+
+    After each epoch the criterion (`config.parse_select`: e.g. `"val_nll"` or
+    `"val_nll+20*val_mse"`) is computed from the epoch's logs; a new lowest
+    score saves the weights to `<folder>/best-epoch<E>.weights.h5` and then
+    records `{"criterion", "epoch", "score", "logs", "weights"}` in
+    `<folder>/best.json` (replaced atomically; the older weights file is
+    removed only then), so an interrupted run always has a consistent best.
+
+    With `resume=True` (a run continued by `BackupAndRestore`) the best so far
+    is read back from `best.json`; otherwise an older run's files are removed.
+    Put it before `BackupAndRestore` in the callbacks, so that an epoch is
+    judged before it is backed up. `best` holds the record (None before any).
+    """
+
+    def __init__(self, folder, select="val_nll", resume=False):
+        super().__init__()
+        self.folder = folder
+        self.select = select
+        self.terms = parse_select(select)
+        if not self.terms:
+            raise ValueError("BestEpoch needs a criterion; select='last' needs no callback.")
+        os.makedirs(folder, exist_ok=True)
+        self.best = None
+        record_path = os.path.join(folder, "best.json")
+        if resume and os.path.exists(record_path):
+            with open(record_path) as f:
+                record = json.load(f)
+            weights = os.path.join(folder, record.get("weights", ""))
+            if record.get("criterion") == select and os.path.exists(weights):
+                self.best = record  # else: another criterion, scores not comparable
+        if self.best is None:
+            self.forget(folder)
+        self._remove_weights(folder, keep=self.best["weights"] if self.best else None)
+
+    @staticmethod
+    def forget(folder):
+        """Removes the best-epoch files from `folder` (an older run's)."""
+        if os.path.exists(os.path.join(folder, "best.json")):
+            os.remove(os.path.join(folder, "best.json"))
+        BestEpoch._remove_weights(folder)
+
+    @staticmethod
+    def _remove_weights(folder, keep=None):
+        for name in os.listdir(folder):
+            if name.startswith("best-epoch") and name.endswith(".weights.h5") and name != keep:
+                os.remove(os.path.join(folder, name))
+
+    @property
+    def weights_path(self):
+        """The best epoch's weights file (None before any)."""
+        return os.path.join(self.folder, self.best["weights"]) if self.best else None
+
+    def score(self, logs):
+        missing = sorted({metric for _, metric in self.terms} - set(logs or {}))
+        if missing:
+            raise ValueError(
+                f"select={self.select!r} needs {missing} in the epoch's logs; it has "
+                f"{sorted(logs or {})}."
+            )
+        return float(sum(c * float(logs[metric]) for c, metric in self.terms))
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = self.score(logs)
+        if not np.isfinite(score) or (self.best is not None and score >= self.best["score"]):
+            return
+        name = f"best-epoch{epoch:04d}.weights.h5"
+        self.model.save_weights(os.path.join(self.folder, name))
+        self.best = {
+            "criterion": self.select,
+            "epoch": int(epoch),
+            "score": score,
+            "logs": {key: float(value) for key, value in (logs or {}).items()},
+            "weights": name,
+        }
+        _write_json_atomically(os.path.join(self.folder, "best.json"), self.best)
+        self._remove_weights(self.folder, keep=name)
+
+
+class ObjectiveSwitch(keras.callbacks.Callback):
+    """Trains on `objective` for the first `epochs` epochs, then on `after`
+    (the NLL): the reference's two phases on CelebA. The objective is set at
+    the start of every epoch from its number, so a resumed run is right too."""
+
+    def __init__(self, objective, epochs, after="nll"):
+        super().__init__()
+        self.objective = str(Objective.parse(objective))
+        self.after = str(Objective.parse(after))
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        wanted = self.objective if epoch < self.epochs else self.after
+        if self.model.objective != wanted:
+            self.model.objective = wanted  # drops the traced step functions
+            self.model.make_train_function(force=True)
+
+
+def _callbacks(config, verbose):
+    """The run's callbacks, and its `BestEpoch` (None with `select="last"`)."""
+    workdir = config.workdir
+    checkpoints = os.path.join(workdir, "checkpoints")
+    backup = os.path.join(workdir, "backup")
+    os.makedirs(checkpoints, exist_ok=True)
+    # A backup means BackupAndRestore continues an interrupted run: keep its best.
+    resume = os.path.isdir(backup)
+    selector = None
+    callbacks = []
+    if parse_select(config.select):
+        selector = BestEpoch(checkpoints, config.select, resume=resume)
+        callbacks.append(selector)
+    elif not resume:
+        BestEpoch.forget(checkpoints)
+    if config.objective_switch_epoch is not None:
+        callbacks.append(ObjectiveSwitch(config.objective, config.objective_switch_epoch))
+    callbacks += [
+        keras.callbacks.BackupAndRestore(backup),
+        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "last.keras")),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
     ]
+    return callbacks, selector
+
+
+def _select_epoch(model, selector, config, validation):
+    """Loads the selected epoch's weights into `model`; the `selection` record
+    of metrics.json. `validation` describes the validation split and masks."""
+    last = config.epochs - 1
+    if selector is None:
+        return {"criterion": "last", "epoch": last, "epochs": config.epochs,
+                "reason": "the last epoch (select='last')"}
+    if selector.best is None:
+        raise RuntimeError(
+            f"No epoch had a finite {config.select}; nothing was saved to {config.output}."
+        )
+    model.load_weights(selector.weights_path)
+    best = selector.best
+    return {
+        "criterion": config.select,
+        "epoch": best["epoch"],
+        "epochs": config.epochs,
+        "score": best["score"],
+        **{key: best["logs"][key] for key in ("val_nll", "val_mse") if key in best["logs"]},
+        "reason": f"lowest {config.select} over epochs 0-{last} (0-based, as log.csv) on "
+        f"{validation}",
+    }
 
 
 def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
@@ -204,6 +356,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             variance_activation=config.variance_activation,
             **architecture_kwargs,
         )
+    model.objective = config.objective  # dmfa_tf.losses; the default is "nll"
 
     steps = max(1, len(train_images) // config.batch_size)
     with strategy.scope():
@@ -223,12 +376,13 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             f"{config.batch_size}, on {hardware_description()}."
         )
     train_started = time.time()
+    run_callbacks, selector = _callbacks(config, verbose)
     model.fit(
         training_data(train_images, train_mask, config.batch_size, config.seed),
         epochs=config.epochs,
         steps_per_epoch=steps,
         validation_data=evaluation_data(data.val, test_mask, config.batch_size, config.eval_seed),
-        callbacks=_callbacks(config.workdir, verbose) + list(callbacks),
+        callbacks=run_callbacks + list(callbacks),
         shuffle=False,  # the data set is shuffled, seeded
         verbose=verbose,
     )
@@ -239,6 +393,11 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             "--learning-rate or a larger variance floor; nothing was saved to "
             f"{config.output}."
         )
+    selection = _select_epoch(
+        model, selector, config,
+        f"the validation split ({len(data.val):,} images, masks {test_mask.spec()}, "
+        f"seed {config.eval_seed})",
+    )
 
     if verbose:
         print(f"Scoring {len(test_images):,} test images ({test_mask.spec()}, seed {config.eval_seed})")
@@ -259,7 +418,10 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             "factors": config.factors,
             "variance_floor": model.head.variance_floor,
             "weights": int(model.count_params()),
+            "objective": config.objective,
+            "objective_switch_epoch": config.objective_switch_epoch,
         },
+        "selection": selection,
         **_nll_and_mse(model_scores),
         "baseline": baseline,
         "train_seconds": round(train_seconds, 1),
@@ -332,6 +494,14 @@ def format_summary(metrics, output):
         f"Training {metrics['train_seconds']:.1f} s, whole run {metrics['total_seconds']:.1f} s "
         f"on {metrics['hardware']}."
     )
+    selection = metrics.get("selection")
+    if selection:
+        text = f"Shipped epoch {selection['epoch']} (0-based) of {selection['epochs']}"
+        if selection["criterion"] == "last":
+            text += ": the last"
+        else:
+            text += f": the lowest {selection['criterion']} ({selection['score']:.3f})"
+        lines.append(f"{text}; objective {model.get('objective', 'nll')}.")
     lines.append(f"Saved {os.path.join(output, 'model.keras')}, config.json, metrics.json")
     return "\n".join(lines)
 

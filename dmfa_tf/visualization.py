@@ -14,7 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf.distribution import MaskedFactorMixture, unflatten_images
+from dmfa_tf.distribution import MaskedFactorMixture, flatten_mask, unflatten_images
 
 __all__ = ["mosaic"]
 
@@ -32,7 +32,8 @@ def mosaic(path, model, images, masks, baseline=None, baseline_label="baseline",
         model: a DMFA model (or any callable returning mixture parameters).
         images: `[n, H, W, C]` images in [0, 1].
         masks: `[n, H, W, 1 or C]` masks.
-        baseline: optional second model whose imputation gets a column.
+        baseline: optional second model whose imputation gets a column (a
+            mixture model, or a baseline with `predict_missing`).
         baseline_label: that column's title.
         max_factors: show at most this many factor columns.
     """
@@ -48,6 +49,11 @@ def mosaic(path, model, images, masks, baseline=None, baseline_label="baseline",
     inputs = {"image": images, "mask": masks}
 
     def imputation_of(m):
+        if hasattr(m, "predict_missing"):  # a NumPy baseline (`dmfa_tf.baselines`)
+            flat_masks = flatten_mask(masks, int(np.prod(image_shape))).numpy()
+            flat = images.reshape(len(images), -1).astype(np.float64)
+            values = m.predict_missing(flat, flat_masks)["imputation"]
+            return None, np.clip(values.reshape(images.shape), 0, 1).astype(np.float32)
         params = m(inputs, training=False)
         dist = MaskedFactorMixture.from_images(params, masks, images)
         return params, np.clip(unflatten_images(dist.imputation(), image_shape).numpy(), 0, 1)

@@ -79,3 +79,45 @@ def test_bench_serving_tiny(tmp_path, capsys):
     assert not any(op.startswith("Flex") for op in results["tflite_ops"])
     assert "| runtime | impute ms |" in printed
     assert json.loads(out.read_text())["sizes_bytes"] == sizes
+
+
+def load_training_benchmark():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_training.py"
+    spec = importlib.util.spec_from_file_location("bench_training", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_training_counts_the_papers_flops_by_hand():
+    bench = load_training_benchmark()
+    model = bench.Case("linear_heads:28x28x1:24").build()
+    # convolutions 2->16 (5x5), 16->32 (5x5), 32->64 (5x5), 64->32 (3x3) at 28x28,
+    # then dense heads 25,088 -> 4 * 784 + 784 + 784 + 1, multiply-adds x 2
+    convs = 28 * 28 * (25 * 2 * 16 + 25 * 16 * 32 + 25 * 32 * 64 + 9 * 64 * 32)
+    heads = 28 * 28 * 32 * (4 * 784 + 784 + 784 + 1)
+    assert bench.forward_flops(model) == 2 * (convs + heads)
+    # DESIGN: forward and backward cost 1.10 GFLOP an image
+    assert abs(3 * bench.forward_flops(model) / 1e9 - 1.10) < 0.01
+
+
+def test_bench_training_tiny_run(tmp_path, capsys):
+    bench = load_training_benchmark()
+    out = tmp_path / "bench.json"
+    results = bench.main([
+        "--cases", "mlp:6x6x1:4:8", "--paths", "plain", "default",
+        "--rounds", "2", "--steps", "1", "--warmup", "1", "--json", str(out),
+    ])
+    printed = capsys.readouterr().out
+    rows = {row["path"]: row for row in results["rows"]}
+    assert set(rows) == {"plain", "default"}
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["timed_steps"] == 2
+        assert row["images_per_s"] > 0 and row["peak_rss_mb"] > 100
+        assert 0 < row["share_of_limit"] < 1
+    assert not rows["plain"]["jit_compile"] and not rows["plain"]["fused_optimizer"]
+    assert rows["default"]["fused_optimizer"]  # mlp on CPU: no XLA, fused Adam
+    assert results["machine"]["bandwidth_gb_s"] > 0
+    assert "| mlp:6x6x1:4:8 | default |" in printed
+    assert json.loads(out.read_text())["rows"][0]["case"] == "mlp:6x6x1:4:8"

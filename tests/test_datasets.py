@@ -165,6 +165,23 @@ def test_load_mnist(mnist, mnist_dir):
     np.testing.assert_array_equal(mnist.val_labels, raw_labels[55000:])
 
 
+def test_load_only_the_test_split(mnist, mnist_dir, monkeypatch):
+    """`splits=("test",)` returns None for the others and does not read the
+    training files (what evaluate.py asks for when no baseline needs them)."""
+    read = []
+    read_idx = datasets.read_idx
+    monkeypatch.setattr(datasets, "read_idx", lambda path: read.append(os.path.basename(path)) or read_idx(path))
+    test_only = datasets.load("mnist", data_dir=mnist_dir, splits=("test",))
+    assert sorted(read) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    assert test_only.train is None and test_only.val is None and test_only.val_labels is None
+    np.testing.assert_array_equal(test_only.test, mnist.test)
+    np.testing.assert_array_equal(test_only.test_labels, mnist.test_labels)
+    val = datasets.load("digits", splits="val")
+    assert val.train is None and val.test is None and len(val.val) == 180
+    with pytest.raises(ValueError, match=r"`splits` must name some of \('train', 'val', 'test'\).*'tset'"):
+        datasets.load("digits", splits=("tset",))
+
+
 def test_load_fashion_mnist(fashion_dir):
     splits = datasets.load("fashion_mnist", data_dir=fashion_dir)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (55000, 5000, 10000)

@@ -112,6 +112,38 @@ def test_absent_coordinates_are_marginalised_out():
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-9), (np.float32, 1e-3)])
+def test_component_mahalanobis_matches_dense_reference(dtype, tolerance):
+    rng = np.random.default_rng(11)
+    mask = mixed_masks(rng)
+    absent = (rng.uniform(size=mask.shape) < 0.3) & (mask == 0)
+    params = make_params(rng, len(mask), 3, N, 4, min_var=1e-3)
+    x = sample_x(rng, params, mask)
+    expected = reference.component_mahalanobis(
+        params["loc"], params["factors"], params["diag"], np.where(absent, 1.0, mask), x
+    )
+    dist = MaskedFactorMixture(
+        **{key: v.astype(dtype) for key, v in params.items()},
+        mask=np.where(absent, -1.0, mask).astype(dtype),
+    )
+    got = dist.component_mahalanobis(x.astype(dtype)).numpy()
+    assert got.shape == (len(mask), 3) and got.dtype == dtype
+    np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance)
+    assert np.all(got[0] == 0.0)  # nothing missing
+    # the quadratic form inside log_prob: log N = -(maha + log det + m log 2 pi) / 2
+    if dtype == np.float64:
+        component = dist.component_log_prob(x).numpy()
+        missing = (mask == 0) & ~absent
+        for b in range(len(mask)):
+            for k in range(3):
+                cov = params["factors"][b, k] @ params["factors"][b, k].T + np.diag(params["diag"][b, k])
+                _, log_det = np.linalg.slogdet(cov[np.ix_(missing[b], missing[b])])
+                m = missing[b].sum()
+                assert component[b, k] == pytest.approx(
+                    -0.5 * (got[b, k] + (log_det if m else 0.0) + m * np.log(2 * np.pi)), abs=1e-8
+                )
+
+
 def test_values_at_unscored_coordinates_are_ignored():
     rng = np.random.default_rng(5)
     mask = mixed_masks(rng)
