@@ -88,18 +88,11 @@ class Case:
             raise ValueError(f"Bad shape or batch in case {text!r}")
 
     def build(self, components=1, factors=4):
-        from dmfa_tf.models import build_model
+        from dmfa_tf.models import build_model, width_kwargs
 
-        kwargs = {}
-        if self.width is not None:
-            if self.architecture == "fullconv":
-                kwargs["width"] = self.width
-            elif self.architecture == "mlp":
-                kwargs["hidden"] = (self.width, self.width)
-            else:
-                raise ValueError(f"width applies to fullconv and mlp only: {self.text!r}")
         return build_model(
-            self.shape, self.architecture, components=components, factors=factors, **kwargs
+            self.shape, self.architecture, components=components, factors=factors,
+            **width_kwargs(self.architecture, self.width),
         )
 
 

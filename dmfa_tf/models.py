@@ -104,6 +104,21 @@ ARCHITECTURES = {
 }
 
 
+def width_kwargs(architecture, width):
+    """`build_model` keyword arguments for one `width` flag: fullconv's base
+    channels, or the units of both of mlp's hidden layers (None: none)."""
+    if width is None:
+        return {}
+    if architecture == "fullconv":
+        return {"width": width}
+    if architecture == "mlp":
+        return {"hidden": (width, width)}
+    raise ValueError(
+        "`width` applies to the fullconv and mlp architectures only. "
+        f"Received: architecture={architecture!r}, width={width!r}"
+    )
+
+
 # `jit_compile="auto"` on CPU, per architecture, from benchmarks/bench_training.py
 # (README, "Speed"): XLA where the whole step, compile time included, is faster.
 CPU_XLA = {"linear_heads": True, "fullconv": True, "mlp": False}

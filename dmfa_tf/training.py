@@ -32,7 +32,7 @@ from dmfa_tf import masks as masks_lib
 from dmfa_tf.baselines import DiagonalGaussian
 from dmfa_tf.config import TrainConfig, parse_select
 from dmfa_tf.losses import Objective
-from dmfa_tf.models import build_model
+from dmfa_tf.models import build_model, width_kwargs
 
 __all__ = [
     "BestEpoch",
@@ -334,17 +334,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         )
 
     strategy = make_strategy(config.strategy)
-    architecture_kwargs = {}
-    if config.width is not None:
-        if config.architecture == "fullconv":
-            architecture_kwargs["width"] = config.width
-        elif config.architecture == "mlp":
-            architecture_kwargs["hidden"] = (config.width, config.width)
-        else:
-            raise ValueError(
-                "`width` applies to the fullconv and mlp architectures only. "
-                f"Received: architecture={config.architecture!r}, width={config.width!r}"
-            )
+    architecture_kwargs = width_kwargs(config.architecture, config.width)
     with strategy.scope():
         model = build_model(
             data.image_shape,
