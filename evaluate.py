@@ -8,7 +8,8 @@ Per image: NLL (nats, summed over the missing pixels), the paper's MSE (sum of
 squared errors of the most probable imputation), PSNR and SSIM of the inpainted
 image, and the squared Mahalanobis distance of the missing block; per split,
 the calibration of the per-pixel marginals (50% / 90% interval coverage, PIT
-deciles) and the share of Mahalanobis distances in the chi-squared tails.
+deciles) and the share of Mahalanobis distances in the chi-squared tails,
+measured at dequantized values for 8-bit data (--dequantize).
 Image i of the split gets the mask seeded (seed, i), the same for every model,
 so comparisons are paired. Writes a per-image CSV per model, a JSON summary
 and, with several models, a markdown table. The README lists the flags.
@@ -47,6 +48,13 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="mask seed: image i gets mask (seed, i) (0)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch (256)")
     parser.add_argument("--limit", type=int, help="score only the first N images")
+    parser.add_argument(
+        "--dequantize", choices=["auto", "off"], default="auto",
+        help="where calibration is measured: auto (default) at the dequantized missing values "
+        "x + (v - 1/2)/255 of 8-bit data (the continuous values the density describes), at "
+        "the stored values otherwise; off: always at the stored values. NLL and MSE are "
+        "always those of the stored values",
+    )
     parser.add_argument(
         "--output",
         help="results folder (default results/<model>-<dataset>-<mask>-seed<seed>)",
@@ -126,7 +134,8 @@ def evaluate(args):
             print(f"Scoring {spec.label} on {len(images):,} {dataset} {args.split} images, "
                   f"masks {generator.spec()} (seed {args.seed})")
         scores, seconds = evaluation.timed_score(
-            model, images, test_masks, args.seed, args.batch_size, verbose
+            model, images, test_masks, args.seed, args.batch_size, verbose,
+            dequantize="auto" if args.dequantize == "auto" else 0.0,
         )
         name = "per_image.csv" if len(specs) == 1 else f"per_image_{_slug(spec.label)}.csv"
         evaluation.write_csv(os.path.join(output, name), scores, labels)

@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def parse_args(argv=None):
     from dmfa_tf.config import (
-        DATASET_DEFAULTS, MFA_INITS, MFA_NOISE_TYPES, MODELS, STRATEGIES, TrainConfig,
+        DATASET_DEFAULTS, DEQUANTIZE, MFA_INITS, MFA_NOISE_TYPES, MODELS, STRATEGIES, TrainConfig,
     )
     from dmfa_tf.config import CROPS
 
@@ -29,6 +29,7 @@ def parse_args(argv=None):
         "architecture": ["fullconv", "linear_heads", "mlp"],
         "strategy": list(STRATEGIES),
         "variance_activation": ["sigmoid", "softplus"],
+        "dequantize": list(DEQUANTIZE),
         "jit_compile": ["auto", "true", "false"],
         "lr_schedule": ["constant", "cosine"],
         "crop": list(CROPS),
@@ -59,6 +60,9 @@ def parse_args(argv=None):
         "factor_amplitude": "a in A = a*sigmoid(z) - a/2 (default per architecture)",
         "variance_floor": "smallest variance d (default: linear_heads 1e-10, others 1e-4)",
         "variance_activation": "d = floor + sigmoid(z) or floor + softplus(z)",
+        "dequantize": "fit the density to dequantized pixels x + (v - 1/2)/255, v ~ U(0, 1): "
+        "off (default), auto (on for 8-bit data, values k/255, such as MNIST and CelebA; "
+        "nothing to do for other data) or on",
         "width": "fullconv: base channels (default 32); mlp: units of each of the two "
         "hidden layers (default 256)",
         "lr_schedule": "constant (default) or cosine (decays to 1%% of the rate over the run)",

@@ -238,13 +238,21 @@ class FullGaussian:
         skip = len(absent)
         return hidden, missing, hidden_mean[skip:], chol[skip:, skip:], hidden_mean
 
-    def predict_missing(self, images, mask):
-        """`imputation`, `log_prob`, `pit` and `mahalanobis` of a batch (module docstring)."""
-        images, mask = _check_batch(images, mask, self.mean.size)
-        with _one_blas_thread():
-            return self._predict_missing(images, mask)
+    has_density = True
 
-    def _predict_missing(self, images, mask):
+    def predict_missing(self, images, mask, calibration_images=None):
+        """`imputation`, `log_prob`, `pit` and `mahalanobis` of a batch (module
+        docstring). `calibration_images` (default `images`): the values at
+        which `pit` and `mahalanobis` are measured, e.g. dequantized ones."""
+        images, mask = _check_batch(images, mask, self.mean.size)
+        if calibration_images is None:
+            calibration_images = images
+        else:
+            calibration_images, _ = _check_batch(calibration_images, mask, self.mean.size)
+        with _one_blas_thread():
+            return self._predict_missing(images, mask, calibration_images)
+
+    def _predict_missing(self, images, mask, calibration_images):
         imputation = images.copy()
         log_prob = np.zeros(len(images))
         mahalanobis = np.zeros(len(images))
@@ -261,12 +269,14 @@ class FullGaussian:
                 continue
             residual = images[b, missing] - mean
             whitened = chol.T @ residual  # |.|^2 = r^T Q r with Q = chol chol^T
-            mahalanobis[b] = whitened @ whitened
             log_prob[b] = (
                 np.sum(np.log(np.diag(chol)))
                 - _HALF_LOG_TWO_PI * len(missing)
-                - 0.5 * mahalanobis[b]
+                - 0.5 * (whitened @ whitened)
             )
+            residual = calibration_images[b, missing] - mean
+            whitened = chol.T @ residual
+            mahalanobis[b] = whitened @ whitened
             inverse = scipy.linalg.solve_triangular(
                 chol, np.eye(len(missing)), lower=True, check_finite=False
             )  # chol^-1; Q^-1 = chol^-T chol^-1

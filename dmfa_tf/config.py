@@ -8,7 +8,7 @@ import dataclasses
 import json
 
 __all__ = [
-    "DATASET_DEFAULTS", "MFA_INITS", "MFA_NOISE_TYPES", "LR_SCHEDULES", "MODELS", "SELECT_METRICS",
+    "DATASET_DEFAULTS", "DEQUANTIZE", "MFA_INITS", "MFA_NOISE_TYPES", "LR_SCHEDULES", "MODELS", "SELECT_METRICS",
     "STRATEGIES", "TrainConfig", "parse_select",
 ]
 
@@ -52,6 +52,7 @@ MFA_INITS = ("kmeans", "random")  # as dmfa_tf.mfa.INITS
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 LR_SCHEDULES = ("constant", "cosine")
+DEQUANTIZE = ("auto", "on", "off")
 
 # What `select` may weigh: the per-epoch logs of `model.fit` (validation and training).
 SELECT_METRICS = ("val_nll", "val_mse", "val_loss", "nll", "mse", "loss")
@@ -111,6 +112,10 @@ class TrainConfig:
     factor_amplitude: float = None
     variance_floor: float = None
     variance_activation: str = "sigmoid"
+    # Fit the density to dequantized targets (dmfa_tf.dequantization): "off" (default),
+    # "auto" (8-bit data, values k/255: yes; other data: nothing to do) or "on" (8-bit
+    # data only)
+    dequantize: str = "off"
     width: int = None  # fullconv: base channels; mlp: units of each hidden layer
     seed: int = 0  # weights, shuffling and training masks
     eval_seed: int = 0  # validation and test masks: mask i is seeded (eval_seed, i)
@@ -216,6 +221,10 @@ class TrainConfig:
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"`strategy` must be one of {STRATEGIES}. Received: strategy={self.strategy!r}"
+            )
+        if self.dequantize not in DEQUANTIZE:
+            raise ValueError(
+                f"`dequantize` must be one of {DEQUANTIZE}. Received: dequantize={self.dequantize!r}"
             )
         if self.jit_compile not in ("auto", "true", "false"):
             raise ValueError(

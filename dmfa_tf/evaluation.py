@@ -40,6 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dmfa_tf import dequantization
 from dmfa_tf import masks as masks_lib
 from dmfa_tf.distribution import (
     MISSING,
@@ -195,15 +196,17 @@ def _mixture_step(model, window):
 
     def step(batch):
         image, batch_mask = batch["image"], batch["mask"]
-        params = model(batch, training=False)
+        params = model({"image": image, "mask": batch_mask}, training=False)
         dist = MaskedFactorMixture.from_images(params, batch_mask, image)
         target = tf.cast(flatten_images(image), dist.dtype)  # [B, N]
-        distances = dist.component_mahalanobis(target)  # [B, K]
+        # Calibration at the dequantized values (dmfa_tf.dequantization).
+        calibrated = tf.cast(flatten_images(batch["calibration_image"]), dist.dtype)
+        distances = dist.component_mahalanobis(calibrated)  # [B, K]
         best = dist.most_probable_component()  # [B]: the imputation's component
         predictions = {
             "imputation": dist.imputation(),
             "nll": -dist.log_prob(target),
-            "pit": marginal_cdf(dist, target),
+            "pit": marginal_cdf(dist, calibrated),
             "mahalanobis": tf.gather(distances, best, axis=-1, batch_dims=1),
         }
         return _batch_metrics(image, tf.cast(dist.mask, tf.float32), predictions, window)
@@ -238,7 +241,11 @@ def _predictor_step(model, window):
         image = batch["image"]
         flat_mask = flatten_mask(batch["mask"], int(np.prod(image.shape[1:])))
         x = flatten_images(image).numpy()[:count].astype(np.float64)
-        outputs = model.predict_missing(x, flat_mask.numpy()[:count])
+        calibrated = flatten_images(batch["calibration_image"]).numpy()[:count].astype(np.float64)
+        kwargs = {}
+        if getattr(model, "has_density", False) and not np.array_equal(x, calibrated):
+            kwargs["calibration_images"] = calibrated
+        outputs = model.predict_missing(x, flat_mask.numpy()[:count], **kwargs)
         predictions = {}
         for key, name in keys.items():
             if key in outputs:
@@ -260,13 +267,16 @@ def _pad(batch, size):
         return batch
     return {
         "image": tf.concat([batch["image"], tf.zeros([size - count] + batch["image"].shape[1:])], 0),
+        "calibration_image": tf.concat(
+            [batch["calibration_image"], tf.zeros([size - count] + batch["image"].shape[1:])], 0
+        ),
         "mask": tf.concat(
             [batch["mask"], tf.fill([size - count] + batch["mask"].shape[1:], float(OBSERVED))], 0
         ),
     }
 
 
-def score(model, images, mask, seed=0, batch_size=256, verbose=0):
+def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="auto"):
     """Per-image scores of `model` on `images` with seeded masks.
 
     Args:
@@ -283,13 +293,21 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0):
         batch_size: images per batch. The last batch is padded to the same
             size, so the scoring function is traced once.
         verbose: 1 shows a progress bar.
+        dequantize: the quantization step `q` of the values at which
+            calibration (PIT, coverages, Mahalanobis distance) is measured:
+            `"auto"` (default) for `dequantization.quantization_step(images)`,
+            1/255 for 8-bit images (values k/255) and 0 otherwise; a number; or 0 for the
+            stored values. Pixel `j` of image `i` is measured at `x + (v -
+            1/2) q`, `v ~ U(0, 1)` seeded `(seed, i)`. NLL and squared error
+            are always those of the stored values.
 
     Returns:
         dict of `[n]` float64 arrays: `nll`, `squared_error`, `psnr`, `ssim`,
         `mahalanobis`, `missing` (the number of scored coordinates per image),
         `inside_50` and `inside_90` (how many of them lie in the central 50% /
         90% interval of their marginal), and `pit_counts` `[n, 10]` (how many
-        have their PIT in each tenth). NaN where the model has no density.
+        have their PIT in each tenth), and `dequantization_step` (q, the same
+        for every image). NaN where the model has no density.
     """
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or not len(images):
@@ -303,7 +321,7 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0):
         )
     batch_size = min(int(batch_size), len(images))
     if isinstance(mask, (str, masks_lib.MaskGenerator)):
-        data = masks_lib.with_masks(tf.data.Dataset.from_tensor_slices(images), mask, seed)
+        mask = seeded_masks(images, mask, seed)
     else:
         mask = np.asarray(mask, np.float32)
         if mask.shape[:3] != images.shape[:3] or mask.ndim != 4 or mask.shape[3] not in (1, images.shape[3]):
@@ -311,7 +329,18 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0):
                 f"`mask` must be a spec, a MaskGenerator or [n, H, W, 1 or C] masks for "
                 f"images of shape {images.shape}. Received: shape={mask.shape}"
             )
-        data = tf.data.Dataset.from_tensor_slices({"image": images, "mask": mask})
+    try:
+        q = dequantization.quantization_step(images) if dequantize == "auto" else float(dequantize)
+    except (TypeError, ValueError):
+        q = math.nan
+    if not (q >= 0 and math.isfinite(q)):
+        raise ValueError(f"`dequantize` must be 'auto' or a number >= 0. Received: dequantize={dequantize!r}")
+    calibration_images = images
+    if q:
+        calibration_images = images + q * dequantization.jitter(images.shape, seed)
+    data = tf.data.Dataset.from_tensor_slices(
+        {"image": images, "mask": mask, "calibration_image": calibration_images}
+    )
     data = data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     window = min(11, image_shape[0], image_shape[1])
     predictor = hasattr(model, "predict_missing")
@@ -327,7 +356,9 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0):
         for key, value in outputs.items():
             results.setdefault(key, []).append(value.numpy()[:count])
         progress.update(i + 1)
-    return {key: np.concatenate(values).astype(np.float64) for key, values in results.items()}
+    results = {key: np.concatenate(values).astype(np.float64) for key, values in results.items()}
+    results["dequantization_step"] = np.full(len(images), q)
+    return results
 
 
 def seeded_masks(images, mask, seed=0, batch_size=1024):
@@ -378,7 +409,9 @@ def calibration(scores):
         (images with something missing), `mahalanobis_below_p1` and
         `mahalanobis_above_p99` (the share of them whose squared Mahalanobis
         distance lies below the 1st / above the 99th percentile of
-        chi-squared with `missing` degrees of freedom; ideally 0.01 each).
+        chi-squared with `missing` degrees of freedom; ideally 0.01 each), and
+        `dequantization_step` (q of `score`: the values were dequantized by it;
+        0 for the stored values).
     """
     from scipy import stats
 
@@ -388,6 +421,8 @@ def calibration(scores):
         return None
     pixels = counts[usable].sum()
     result = {"pixels": int(pixels)}
+    if "dequantization_step" in scores:  # the values measured: dmfa_tf.dequantization
+        result["dequantization_step"] = float(np.asarray(scores["dequantization_step"])[0])
     for alpha in COVERAGES:
         key = round(100 * alpha)
         inside = np.asarray(scores[f"inside_{key}"], np.float64)[usable].sum()
@@ -555,6 +590,17 @@ def comparison_table(rows):
             f"{deciles} | {share(result['mahalanobis_below_p1'])} | "
             f"{share(result['mahalanobis_above_p99'])} |"
         )
+    steps = {
+        (summary.get("calibration") or {}).get("dequantization_step") for _, summary in rows
+    } - {None}
+    if any(steps):
+        q = max(steps)
+        lines += [
+            "",
+            f"Calibration measured at the dequantized missing values x + (v - 1/2) q, "
+            f"q = 1/{round(1 / q)}, v ~ U(0, 1) seeded per image (dmfa_tf.dequantization); "
+            "evaluate.py --dequantize=off measures it at the stored values.",
+        ]
     return "\n".join(lines)
 
 
@@ -591,7 +637,7 @@ def write_json(path, content):
     write_text(path, json.dumps(content, indent=2) + "\n")
 
 
-def timed_score(model, images, mask, seed, batch_size, verbose):
+def timed_score(model, images, mask, seed, batch_size, verbose, dequantize="auto"):
     """`score` plus the seconds it took (the first batch includes tracing)."""
     # Each model traces its own functions; after a few models TensorFlow warns
     # about retracing, which is expected here and only noise.
@@ -600,7 +646,8 @@ def timed_score(model, images, mask, seed, batch_size, verbose):
     logger.setLevel("ERROR")
     try:
         started = time.time()
-        scores = score(model, images, mask, seed=seed, batch_size=batch_size, verbose=verbose)
+        scores = score(model, images, mask, seed=seed, batch_size=batch_size, verbose=verbose,
+                       dequantize=dequantize)
         return scores, time.time() - started
     finally:
         logger.setLevel(level)

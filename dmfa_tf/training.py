@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import datasets, evaluation
+from dmfa_tf import datasets, dequantization, evaluation
 from dmfa_tf import masks as masks_lib
 from dmfa_tf.baselines import DiagonalGaussian
 from dmfa_tf.config import TrainConfig, parse_select
@@ -349,6 +349,14 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     model.objective = config.objective  # dmfa_tf.losses; the default is "nll"
 
     steps = max(1, len(train_images) // config.batch_size)
+    dequantization_step = 0.0
+    if config.dequantize != "off":
+        dequantization_step = dequantization.quantization_step(train_images)
+        if config.dequantize == "on" and not dequantization_step:
+            raise ValueError(
+                f"--dequantize=on: the {config.dataset} training images are not 8-bit "
+                "(values k/255), so there is nothing to dequantize. Use --dequantize=auto or off."
+            )
     with strategy.scope():
         learning_rate = config.learning_rate
         if config.lr_schedule == "cosine":
@@ -360,15 +368,23 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     if verbose:
         print(
             f"Training {model.name} ({model.count_params():,} weights, K={config.components}, "
-            f"L={config.factors}, variance floor {model.head.variance_floor:g}) on "
+            f"L={config.factors}, variance floor {model.head.variance_floor:g}"
+            + (f", dequantized targets (step 1/{round(1 / dequantization_step)})"
+               if dequantization_step else "")
+            + ") on "
             f"{len(train_images):,} {config.dataset} images {data.image_shape}, masks "
             f"{train_mask.spec()}, {config.epochs} epochs of {steps} steps, batch "
             f"{config.batch_size}, on {hardware_description()}."
         )
     train_started = time.time()
     run_callbacks, selector = _callbacks(config, verbose)
+    train_stream = training_data(train_images, train_mask, config.batch_size, config.seed)
+    if dequantization_step:
+        train_stream = dequantization.dequantize_targets(
+            train_stream, dequantization_step, config.seed + TRAIN_MASK_OFFSET
+        )
     model.fit(
-        training_data(train_images, train_mask, config.batch_size, config.seed),
+        train_stream,
         epochs=config.epochs,
         steps_per_epoch=steps,
         validation_data=evaluation_data(data.val, test_mask, config.batch_size, config.eval_seed),
@@ -410,6 +426,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             "weights": int(model.count_params()),
             "objective": config.objective,
             "objective_switch_epoch": config.objective_switch_epoch,
+            "dequantization_step": dequantization_step,
         },
         "selection": selection,
         **_nll_and_mse(model_scores),

@@ -131,6 +131,16 @@ def test_mnist_from_idx_files(tmp_path, shared_data):
     metrics = train_and_evaluate(config, verbose=0)
     assert metrics["test_mask"] == "14x14" and metrics["model"]["architecture"] == "fullconv"
     assert np.isfinite(metrics["nll"]["mean"])
+    assert metrics["model"]["dequantization_step"] == 0.0  # --dequantize=off by default
+    # 8-bit images: --dequantize=auto fits the density to dequantized targets
+    auto = train_and_evaluate(
+        _config(tmp_path, dataset="mnist", data_dir=config.data_dir, epochs=1,
+                max_train_images=128, max_test_images=32, width=8, dequantize="auto",
+                output=str(tmp_path / "auto"), workdir=str(tmp_path / "auto-runs")),
+        verbose=0,
+    )
+    assert auto["model"]["dequantization_step"] == pytest.approx(1 / 255)
+    assert np.isfinite(auto["nll"]["mean"])
 
 
 @pytest.mark.parametrize(
@@ -143,6 +153,9 @@ def test_mnist_from_idx_files(tmp_path, shared_data):
         (dict(dataset="mnist"), ValueError, "--data-dir"),
         (dict(dataset="mnist", data_dir="no/such/folder"), FileNotFoundError, "no/such/folder"),
         (dict(architecture="linear_heads", width=4), ValueError, "linear_heads"),
+        # digits take 17 levels, not 256: nothing for --dequantize=on to do
+        (dict(dequantize="on"), ValueError, "not 8-bit"),
+        (dict(dequantize="yes"), ValueError, "dequantize.*yes"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(tmp_path, overrides, error, message):
