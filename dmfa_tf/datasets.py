@@ -23,9 +23,10 @@ Where the data come from is decided by `data_dir` (`load`):
 
 Validation splits. A data set's own validation split is used where it has one
 (CelebA: `list_eval_partition.txt` or TFDS's `validation`; `.npz` files with
-`x_val`). Otherwise the last 5,000 training images are held out (MNIST-style IDX
-files and every TFDS data set without one), or, for `.npz` arrays without
-validation arrays, the last `min(5000, n // 10)` training images. TFDS stores
+`x_val`). Otherwise the last `min(5000, n // 10)` of the `n` training images are
+held out (`validation_size`): 5,000 for MNIST-style IDX files, TFDS data sets
+without one and large `.npz` arrays, a tenth of a small training split; fewer
+than 10 training images is an error. TFDS stores
 examples in a hashed order; `load` puts MNIST / Fashion-MNIST back in file
 order (and CIFAR-10 / SVHN in the order of their `id` feature), so the TFDS and
 the IDX routes give identical splits.
@@ -192,7 +193,7 @@ def _find_idx(data_dir, stem):
     )
 
 
-def _load_idx_dataset(data_dir, val_size=VAL_HOLDOUT, need_train=True):
+def _load_idx_dataset(data_dir, need_train=True):
     """The IDX files' splits; `need_train=False` reads only the test files
     (train and val are None)."""
     if not data_dir:
@@ -225,14 +226,8 @@ def _load_idx_dataset(data_dir, val_size=VAL_HOLDOUT, need_train=True):
     images = arrays["train_images"][..., None].astype(np.float32) / 255.0
     test = arrays["test_images"][..., None].astype(np.float32) / 255.0
     labels = arrays["train_labels"].astype(np.int64)
-    return Splits(
-        train=images[:-val_size],
-        val=images[-val_size:],
-        test=test,
-        train_labels=labels[:-val_size],
-        val_labels=labels[-val_size:],
-        test_labels=arrays["test_labels"].astype(np.int64),
-    )
+    return _hold_out(images, labels, test, arrays["test_labels"].astype(np.int64),
+                     source=f"{data_dir} (IDX files)")
 
 
 def _has_idx_files(folder):
@@ -267,8 +262,24 @@ def _load_digits(seed=0):
 # --- shared helpers ----------------------------------------------------------
 
 
-def _hold_out(images, labels, test, test_labels, val_size):
-    """Splits with the last `val_size` training images as validation."""
+def validation_size(count, source):
+    """How many of `count` training images are held out for validation when a
+    data set has no validation split: `min(VAL_HOLDOUT, count // 10)`. Fewer
+    than 10 training images is a ValueError naming `source`."""
+    size = min(VAL_HOLDOUT, count // 10)
+    if size < 1:
+        raise ValueError(
+            f"{source}: the training split holds {count} images, too few to hold out a "
+            "validation split (at least 10 are needed)."
+        )
+    return size
+
+
+def _hold_out(images, labels, test, test_labels, val_size=None, source="the data set"):
+    """Splits with the last `val_size` training images as validation (default
+    `validation_size`)."""
+    if val_size is None:
+        val_size = validation_size(len(images), source)
     cut = len(images) - val_size
     return Splits(
         train=images[:cut],
@@ -737,13 +748,12 @@ def _load_npz(path, name, image_size):
             test_labels=labels["test"],
         )
     count = len(images["train"])
-    val_size = min(VAL_HOLDOUT, count // 10)
-    if val_size < 1:
+    if count < 10:
         raise ValueError(
             f"{path}: x_train holds {count} images, too few to hold out a validation "
             "split; add x_val / y_val arrays."
         )
-    return _hold_out(images["train"], labels["train"], images["test"], labels["test"], val_size)
+    return _hold_out(images["train"], labels["train"], images["test"], labels["test"], source=path)
 
 
 # --- tensorflow-datasets -----------------------------------------------------
@@ -955,12 +965,8 @@ def _load_tfds(name, builder, image_size, crop, cache, verbose):
             test_labels=arrays["test"][1],
         )
     (train, train_labels), (test, test_labels) = arrays["train"], arrays["test"]
-    if len(train) <= VAL_HOLDOUT:
-        raise ValueError(
-            f"The TFDS split {name}/train in {builder.data_dir} has {len(train)} images, "
-            f"too few to hold out {VAL_HOLDOUT:,} for validation."
-        )
-    return _hold_out(train, train_labels, test, test_labels, VAL_HOLDOUT)
+    return _hold_out(train, train_labels, test, test_labels,
+                     source=f"The TFDS split {name}/train in {builder.data_dir}")
 
 
 def _download_and_prepare(name, builder):

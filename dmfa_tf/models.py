@@ -41,31 +41,34 @@ def _linear_heads(inputs, image_shape, last_channels=None):
     return features, DenseMixtureHead, dict(factor_amplitude=0.5, variance_floor=1e-10)
 
 
-def _conv_block(x, filters, name):
-    for i in range(2):
+def _conv_block(x, filters, name, convs=2):
+    for i in range(convs):
         x = keras.layers.Conv2D(
             filters, 3, padding="same", activation="relu", name=f"{name}_conv{i}"
         )(x)
     return x
 
 
-def _fullconv(inputs, image_shape, width=32, depth=3):
+def _fullconv(inputs, image_shape, width=32, depth=3, blocks=2):
     """U-Net: `depth` stride-2 levels with channels doubling per level, a
-    global-context vector added at the bottom, skip connections. Inputs are
-    zero-padded to a multiple of `2**depth` and the output cropped back, so
-    any image size works and the weight count does not depend on it."""
+    global-context vector added at the bottom, skip connections; `blocks`
+    3x3 convolutions per level and side. Inputs are zero-padded to a multiple
+    of `2**depth` and the output cropped back, so any image size works and the
+    weight count does not depend on it."""
     height, image_width, _ = image_shape
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
         raise ValueError(f"`depth` must be a non-negative integer. Received: depth={depth!r}")
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"`width` must be a positive integer. Received: width={width!r}")
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise ValueError(f"`blocks` must be a positive integer. Received: blocks={blocks!r}")
     multiple = 2**depth
     pad_h, pad_w = (-height) % multiple, (-image_width) % multiple
     padding = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
     x = inputs
     if pad_h or pad_w:
         x = keras.layers.ZeroPadding2D(padding, name="pad")(x)
-    x = _conv_block(x, width, "enc0")
+    x = _conv_block(x, width, "enc0", blocks)
     skips = []
     for level in range(1, depth + 1):
         skips.append(x)
@@ -73,7 +76,7 @@ def _fullconv(inputs, image_shape, width=32, depth=3):
         x = keras.layers.Conv2D(
             filters, 3, strides=2, padding="same", activation="relu", name=f"down{level}"
         )(x)
-        x = _conv_block(x, filters, f"enc{level}")
+        x = _conv_block(x, filters, f"enc{level}", blocks)
     context = keras.layers.GlobalAveragePooling2D(name="context_pool")(x)
     context = keras.layers.Dense(x.shape[-1], activation="relu", name="context")(context)
     x = keras.layers.Add(name="add_context")([x, keras.layers.Reshape((1, 1, -1))(context)])
@@ -83,7 +86,7 @@ def _fullconv(inputs, image_shape, width=32, depth=3):
             filters, 2, strides=2, padding="same", name=f"up{level}"
         )(x)
         x = keras.layers.Concatenate(name=f"skip{level}")([x, skips[level]])
-        x = _conv_block(x, filters, f"dec{level}")
+        x = _conv_block(x, filters, f"dec{level}", blocks)
     if pad_h or pad_w:
         x = keras.layers.Cropping2D(padding, name="crop")(x)
     return x, ConvMixtureHead, dict(factor_amplitude=0.5, variance_floor=1e-4)
@@ -423,9 +426,21 @@ class DMFAModel(keras.Model):
 
     def mixture(self, image, mask, **kwargs):
         """The `MaskedFactorMixture` of the missing pixels of `image` (observed
-        pixels kept in its samples and means); `kwargs` go to its constructor."""
+        pixels kept in its samples and means); `kwargs` go to its constructor.
+        Images and masks of any float dtype (float16, float64) are taken in
+        the model's dtype."""
+        image, mask = self._as_model_dtype(image, "image"), self._as_model_dtype(mask, "mask")
         params = self({"image": image, "mask": mask}, training=False)
         return MaskedFactorMixture.from_images(params, mask, image, **kwargs)
+
+    def _as_model_dtype(self, value, name):
+        value = tf.convert_to_tensor(value)
+        if not (value.dtype.is_floating or value.dtype.is_integer):
+            raise ValueError(
+                f"`{name}` must hold numbers (an image in [0, 1], a mask of 1 / 0 / -1). "
+                f"Received dtype {value.dtype.name}."
+            )
+        return tf.cast(value, self.compute_dtype)
 
     def impute(self, image, mask):
         """Images with the missing pixels replaced by the most probable imputation."""

@@ -386,6 +386,42 @@ def test_read_idx_hand_built(tmp_path):
         np.testing.assert_array_equal(out, expected)
 
 
+def _small_idx_set(folder, train_count, test_count=20, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", train_count), ("t10k", test_count)):
+        images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(_idx_bytes(images))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx_bytes(np.arange(count) % 10))
+    return folder
+
+
+def test_small_idx_set_holds_out_a_tenth(tmp_path):
+    """A valid IDX set of 100 training images: 10 for validation, 90 to train
+    (the 5,000-image hold-out would have taken them all)."""
+    data = datasets.load("mnist", str(_small_idx_set(tmp_path / "small", 100)))
+    assert (len(data.train), len(data.val), len(data.test)) == (90, 10, 20)
+    np.testing.assert_array_equal(data.val_labels, np.arange(90, 100) % 10)
+    assert datasets.validation_size(60_000, "x") == 5000
+    assert datasets.validation_size(10, "x") == 1
+    with pytest.raises(ValueError, match=r"tiny.*holds 9 images, too few"):
+        datasets.load("mnist", str(_small_idx_set(tmp_path / "tiny", 9)))
+
+
+def test_training_on_a_small_idx_set(tmp_path):
+    from dmfa_tf.config import TrainConfig
+    from dmfa_tf.training import train_and_evaluate
+
+    folder = _small_idx_set(tmp_path / "small", 100)
+    metrics = train_and_evaluate(
+        TrainConfig(dataset="mnist", data_dir=str(folder), architecture="mlp", width=8,
+                    epochs=1, batch_size=16, output=str(tmp_path / "out"),
+                    workdir=str(tmp_path / "work")),
+        verbose=0,
+    )
+    assert metrics["test_images"] == 20 and np.isfinite(metrics["nll"]["mean"])
+
+
 @pytest.mark.parametrize("name", ["cifar100", "MNIST", "fashion-mnist", "celeba", ""])
 def test_unknown_dataset(name):
     with pytest.raises(ValueError) as info:

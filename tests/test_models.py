@@ -46,6 +46,31 @@ def test_fullconv_weight_count_does_not_depend_on_image_size():
     assert len(set(counts.values())) == 1, counts
 
 
+def test_fullconv_blocks_count_by_hand():
+    """`blocks` 3x3 convolutions per level and side: with width w, depth 1 and
+    grey images, the weights are counted by hand."""
+    w, k, l = 4, 1, 2
+
+    def conv(cin, cout, size=3):
+        return size * size * cin * cout + cout
+
+    def expected(blocks):
+        enc0 = conv(2, w) + (blocks - 1) * conv(w, w)
+        down = conv(w, 2 * w) + blocks * conv(2 * w, 2 * w)
+        context = (2 * w) * (2 * w) + 2 * w
+        up = 2 * 2 * (2 * w) * w + w  # Conv2DTranspose 2x2, 2w -> w
+        dec0 = conv(2 * w, w) + (blocks - 1) * conv(w, w)
+        heads = conv(w, k) * 2 + conv(w, k * l) + (w * k + k)
+        return enc0 + down + context + up + dec0 + heads
+
+    for blocks in (1, 2, 3):
+        model = dmfa_tf.build_model((8, 8, 1), "fullconv", components=k, factors=l,
+                                    width=w, depth=1, blocks=blocks)
+        assert model.count_params() == expected(blocks), blocks
+    with pytest.raises(ValueError, match="blocks.*0"):
+        dmfa_tf.build_model((8, 8, 1), "fullconv", blocks=0)
+
+
 @pytest.mark.parametrize(
     "architecture, shape",
     [("linear_heads", (8, 8, 1)), ("fullconv", (12, 10, 3)), ("mlp", (8, 8, 1)), ("mlp", (4, 6, 3))],
@@ -86,6 +111,25 @@ def test_keras_file_round_trip(tmp_path, architecture, shape):
     assert int(loaded.optimizer.iterations.numpy()) == 1
     loaded.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
     assert int(loaded.optimizer.iterations.numpy()) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_mixture_and_impute_take_other_float_dtypes(dtype):
+    shape = (6, 6, 1)
+    model = dmfa_tf.build_model(shape, "mlp", components=2, factors=2, hidden=(8, 8))
+    batch = _batch(shape, count=3)
+    image = batch["image"].astype(dtype)
+    expected_image = image.astype(np.float32)  # float16: the rounded values
+    expected = model.impute(expected_image, batch["mask"]).numpy()
+    np.testing.assert_array_equal(model.impute(image, batch["mask"].astype(dtype)).numpy(), expected)
+    dist = model.mixture(image, batch["mask"])
+    np.testing.assert_allclose(
+        dist.log_prob(dmfa_tf.flatten_images(expected_image)).numpy(),
+        model.mixture(expected_image, batch["mask"]).log_prob(
+            dmfa_tf.flatten_images(expected_image)).numpy(),
+    )
+    with pytest.raises(ValueError, match="`image` must hold numbers"):
+        model.mixture(np.full(shape, "a")[None], batch["mask"][:1])
 
 
 def test_compute_loss_is_the_dense_reference_nll():
