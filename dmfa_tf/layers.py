@@ -97,6 +97,7 @@ class ObservedInput(keras.layers.Layer):
         self.validate = bool(validate)
 
     def call(self, image, mask):
+        _check_mask_shape(image.shape, mask.shape)
         known = ops.broadcast_to(ops.greater(mask, 0.5), ops.shape(image))
         visible = ops.where(known, image, ops.zeros_like(image))
         if self.validate:
@@ -107,6 +108,27 @@ class ObservedInput(keras.layers.Layer):
         config = super().get_config()
         config["validate"] = self.validate
         return config
+
+
+def _check_mask_shape(image_shape, mask_shape):
+    """A ValueError naming both shapes when a mask cannot go with its images:
+    another rank, height or width, batch size, or channel count (1 or C)."""
+    image_shape, mask_shape = tuple(image_shape), tuple(mask_shape)
+
+    def differ(a, b):
+        return a is not None and b is not None and a != b
+
+    channels = image_shape[-1] if image_shape else None
+    if (
+        len(image_shape) != len(mask_shape)
+        or any(differ(a, b) for a, b in zip(image_shape[:-1], mask_shape[:-1]))
+        or (mask_shape[-1] is not None and channels is not None and mask_shape[-1] not in (1, channels))
+    ):
+        raise ValueError(
+            "`mask` must be [B, H, W, 1] or [B, H, W, C] for images [B, H, W, C] (the same "
+            f"batch size, height and width). Received: image shape {image_shape}, mask shape "
+            f"{mask_shape}"
+        )
 
 
 def _checked(visible, known, mask):

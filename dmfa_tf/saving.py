@@ -24,6 +24,7 @@ def load(path):
 
     Raises:
         FileNotFoundError: `path` does not exist or holds no known model file.
+        ValueError: the `.keras` file is not a zip archive (truncated or corrupt).
     """
     if os.path.isfile(path) and path.endswith(".keras"):
         return _load_keras(path)
@@ -52,8 +53,17 @@ def load_config(path):
 
 
 def _load_keras(path):
+    import zipfile
+
     import keras
 
     import dmfa_tf  # noqa: F401  (registers the custom layers and model)
 
+    # Keras reports any unreadable file as "File not found"; name the real problem.
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path!r} is not a Keras model file: a .keras file is a zip archive, and this "
+            f"one ({os.path.getsize(path):,} bytes) is not. It may be truncated or corrupt; "
+            "train or copy it again."
+        )
     return keras.saving.load_model(path)

@@ -360,3 +360,21 @@ def test_evaluate_errors_exit_2(tiny_model, tmp_path, shared_data, capsys, args,
     code = evaluate.main([f"--model={tiny_model}", f"--output={tmp_path}", "--quiet", "--limit=8"] + args)
     assert code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_corrupt_model_file_is_named_as_such(tiny_model, tmp_path, capsys):
+    """A truncated or garbage model.keras is reported as not a Keras file, not as
+    missing (Keras's own message is "File not found")."""
+    import shutil
+
+    import evaluate
+
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_model, folder)
+    data = (folder / "model.keras").read_bytes()
+    (folder / "model.keras").write_bytes(data[: len(data) // 3])  # a killed copy
+    code = evaluate.main([f"--model={folder}", f"--output={tmp_path / 'out'}", "--quiet", "--limit=8"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "is not a Keras model file" in err and "truncated or corrupt" in err
+    assert "File not found" not in err

@@ -73,6 +73,28 @@ def test_observed_input_rejects_bad_values(image_value, mask_value, message):
     ObservedInput(validate=False)(np.nan_to_num(image), mask)
 
 
+@pytest.mark.parametrize(
+    "image_shape, mask_shape",
+    [((2, 4, 4, 1), (2, 4, 4, 3)), ((2, 4, 4, 3), (2, 4, 4, 2)), ((2, 4, 4, 1), (3, 4, 4, 1)),
+     ((2, 4, 4, 1), (2, 4, 5, 1)), ((2, 4, 4, 1), (2, 4, 4))],
+)
+def test_observed_input_names_a_mask_that_does_not_fit(image_shape, mask_shape):
+    image, mask = np.zeros(image_shape, np.float32), np.ones(mask_shape, np.float32)
+    with pytest.raises(ValueError, match=r"`mask` must be \[B, H, W, 1\] or \[B, H, W, C\]") as info:
+        ObservedInput()(image, mask)
+    assert str(image_shape) in str(info.value) and str(mask_shape) in str(info.value)
+
+
+def test_model_names_a_mask_that_does_not_fit():
+    import dmfa_tf
+
+    model = dmfa_tf.build_model((4, 4, 1), "mlp", hidden=(4, 4))
+    image = np.zeros((2, 4, 4, 1), np.float32)
+    for mask in (np.ones((2, 4, 4, 3), np.float32), np.ones((3, 4, 4, 1), np.float32)):
+        with pytest.raises(ValueError, match="`mask` must be"):
+            model.impute(image, mask)
+
+
 def _head_kwargs(**overrides):
     return dict(
         components=2,
