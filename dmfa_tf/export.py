@@ -467,6 +467,9 @@ def export_saved_model(
     components, factors = _describe(model, image_shape)
     os.makedirs(path, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".partial-", dir=path)  # ignored by TF Serving
+    # mkdtemp makes it 0700: readable by a TF Serving process of another user once
+    # published, as `tf.saved_model.save`'s own files are (the umask still applies).
+    os.chmod(staging, 0o777 & ~_umask())
     try:
         functions = _serving_functions(model, image_shape, diagonal_noise)
         signatures = {name: fn.get_concrete_function() for name, fn in functions.items()}
@@ -493,6 +496,12 @@ def export_saved_model(
         return _publish(staging, path, version)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _publish(staging, path, version):

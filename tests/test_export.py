@@ -344,6 +344,15 @@ def test_versions_are_never_overwritten(mlp_model, exported):
         export.export_saved_model(mlp_model, base, tflite=True, quantize="int4")
 
 
+def test_version_folders_are_readable_by_other_users(exported):
+    """A TF Serving process of another user must read the version folder: the
+    mode is the umask's (0755 with the usual 022), not mkdtemp's 0700."""
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(exported).st_mode & 0o777 == 0o777 & ~mask
+    assert os.stat(exported).st_mode & 0o005 == 0o005 or mask & 0o005
+
+
 def test_next_version_of_a_missing_folder_is_1(tmp_path):
     assert export.next_version(str(tmp_path / "none")) == 1
 
