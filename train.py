@@ -138,6 +138,17 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        try:
+            workdir = config.resolved().workdir
+        except ValueError:
+            workdir = "the run's workdir"
+        print(
+            f"\ntrain.py: interrupted. Run the same command again to continue from the last "
+            f"finished epoch (backup in {os.path.join(workdir, 'backup')}).",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -149,6 +149,62 @@ def _write_json_atomically(path, content):
     os.replace(partial, path)
 
 
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` whose backup is never half-written, and kept.
+
+    Keras writes `latest.weights.h5` in place: a kill during that write leaves a
+    truncated file that every later run fails to load. Here each backup is a
+    complete folder `<backup_dir>/epoch-<E>/` (weights and training metadata),
+    written first and then named in `<backup_dir>/latest`, a one-line file
+    replaced atomically. The older folder is removed only after that, so a kill
+    at any moment leaves one complete backup. The backup is not deleted when
+    training ends: `train_and_evaluate` removes it once the outputs are
+    published, so a failure while scoring or saving loses no training.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, delete_checkpoint=False)
+        self._pointer = os.path.join(backup_dir, "latest")
+        self._use(self._latest())
+
+    def _latest(self):
+        """The folder named by `latest`, if it is complete; else None."""
+        try:
+            with open(self._pointer) as f:
+                name = f.read().strip()
+        except OSError:
+            return None
+        folder = os.path.join(self.backup_dir, name)
+        return name if name and os.path.isdir(folder) else None
+
+    def _use(self, name):
+        # No pointer: Keras's own layout (files in backup_dir itself), as left by
+        # an interrupted run of an older dmfa_tf, is read if it is there.
+        folder = self.backup_dir if name is None else os.path.join(self.backup_dir, name)
+        self._weights_path = os.path.join(folder, "latest.weights.h5")
+        self._training_metadata_path = os.path.join(folder, "training_metadata.json")
+
+    def _load_model(self):
+        self._use(self._latest())
+        super()._load_model()
+
+    def _save_model(self):
+        name = f"epoch-{self._current_epoch}"
+        folder = os.path.join(self.backup_dir, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        self._use(name)
+        super()._save_model()  # weights and metadata into the new folder
+        partial = f"{self._pointer}.partial-{os.getpid()}"
+        with open(partial, "w") as f:
+            f.write(name + "\n")
+        os.replace(partial, self._pointer)  # the new backup is complete and current
+        for other in os.listdir(self.backup_dir):
+            if other != name and other != "latest":
+                path = os.path.join(self.backup_dir, other)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 class BestEpoch(keras.callbacks.Callback):
     """Keeps the weights of the epoch with the lowest selection criterion.
 
@@ -265,7 +321,7 @@ def _callbacks(config, verbose):
     if config.objective_switch_epoch is not None:
         callbacks.append(ObjectiveSwitch(config.objective, config.objective_switch_epoch))
     callbacks += [
-        keras.callbacks.BackupAndRestore(backup),
+        AtomicBackupAndRestore(backup),
         keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "last.keras")),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
@@ -449,6 +505,9 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     if verbose:
         print(format_summary(metrics, config.output))
     export_if_asked(config, model, verbose)
+    # Only now that every output is written: a failure before this point
+    # resumed the finished training instead of repeating it.
+    shutil.rmtree(os.path.join(config.workdir, "backup"), ignore_errors=True)
     return metrics
 
 

@@ -89,6 +89,70 @@ def test_interrupted_run_continues_where_it_stopped(tmp_path):
     assert not (tmp_path / "runs" / "digits" / "backup").exists()  # finished: backup removed
 
 
+def test_a_backup_killed_while_written_leaves_the_previous_one(tmp_path, monkeypatch):
+    """A kill in the middle of writing the backup (here: after part of the
+    weights file) leaves the previous backup current: the rerun resumes from it."""
+    from dmfa_tf import training
+
+    config = _config(tmp_path, epochs=4)
+    original = keras.callbacks.BackupAndRestore._save_model
+
+    def killed_during_write(self):
+        if self._current_epoch == 3:  # the backup after epoch 2
+            with open(self._weights_path, "wb") as f:
+                f.write(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # a truncated HDF5 file
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "_save_model", killed_during_write)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, verbose=0)
+    backup = tmp_path / "runs" / "digits" / "backup"
+    assert (backup / "latest").read_text().strip() == "epoch-2"
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "_save_model", original)
+    recorder = _Recorder()
+    train_and_evaluate(config, verbose=0, callbacks=[recorder])
+    assert recorder.epochs == [2, 3]
+    assert not backup.exists()
+    assert isinstance(training.AtomicBackupAndRestore(str(backup)), keras.callbacks.BackupAndRestore)
+
+
+def test_the_backup_is_kept_until_the_outputs_are_written(tmp_path, monkeypatch):
+    from dmfa_tf import training
+
+    config = _config(tmp_path, epochs=2)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(training, "write_outputs", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        train_and_evaluate(config, verbose=0)
+    assert (tmp_path / "runs" / "digits" / "backup" / "latest").exists()
+    monkeypatch.undo()
+    recorder = _Recorder()
+    metrics = train_and_evaluate(config, verbose=0, callbacks=[recorder])
+    assert recorder.epochs == []  # nothing trained again: straight to scoring and saving
+    assert (tmp_path / "saved" / "digits" / "model.keras").exists()
+    assert metrics["selection"]["epoch"] in (0, 1)
+    assert not (tmp_path / "runs" / "digits" / "backup").exists()
+
+
+def test_ctrl_c_prints_how_to_resume(tmp_path, monkeypatch, capsys):
+    import train
+    from dmfa_tf import training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_and_evaluate", interrupted)
+    code = train.main(["--workdir", str(tmp_path / "work"), "--quiet"])
+    assert code == 130
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert "interrupted. Run the same command again" in err and str(tmp_path / "work" / "backup") in err
+
+
 def test_mirrored_strategy_runs(tmp_path):
     metrics = train_and_evaluate(_config(tmp_path, epochs=1, strategy="mirrored"), verbose=0)
     assert np.isfinite(metrics["nll"]["mean"])
