@@ -35,8 +35,10 @@ from dmfa_tf.losses import Objective
 from dmfa_tf.models import build_model, width_kwargs
 
 __all__ = [
+    "AtomicBackupAndRestore",
     "BestEpoch",
     "ObjectiveSwitch",
+    "check_output_paths",
     "hardware_description",
     "make_strategy",
     "train_and_evaluate",
@@ -109,12 +111,62 @@ def inference_copy(model):
     return copy
 
 
+# What a model folder written by `write_outputs` holds: replacing such a folder
+# loses nothing that is not ours.
+OUTPUT_FILES = frozenset({"model.keras", "mfa.npz", "config.json", "metrics.json"})
+
+
+def check_output_paths(output, workdir=None):
+    """Raises a ValueError naming the problem, before any training, when the
+    run could not write its outputs or would destroy something:
+
+    - `output` or `workdir` lies below a regular file, or is a file itself;
+    - the nearest existing folder above either one is not writable;
+    - `output` is a folder holding anything but a model of ours (`OUTPUT_FILES`):
+      it is replaced whole when the run ends, so that would be deleted;
+    - one of `output` and `workdir` lies inside the other.
+    """
+    output = os.path.abspath(output)
+    paths = [("output", output)] + ([("workdir", os.path.abspath(workdir))] if workdir else [])
+    for flag, path in paths:
+        if os.path.isfile(path):
+            raise ValueError(f"--{flag} {path} is a file; give a folder.")
+        existing = path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise ValueError(f"--{flag} {path} lies below {existing}, which is a file, not a folder.")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"--{flag} {path}: {existing} is not writable.")
+    if os.path.isdir(output):
+        foreign = sorted(set(os.listdir(output)) - OUTPUT_FILES)
+        if foreign:
+            raise ValueError(
+                f"--output {output} holds files that are not a dmfa_tf model "
+                f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}). The output "
+                "folder is replaced whole when the run ends, so they would be deleted. "
+                "Give another --output, or move them away."
+            )
+    if workdir:
+        workdir = os.path.abspath(workdir)
+        for inner, outer, a, b in ((workdir, output, "workdir", "output"),
+                                   (output, workdir, "output", "workdir")):
+            if os.path.commonpath([inner, outer]) == outer:
+                raise ValueError(
+                    f"--{a} {inner} lies inside --{b} {outer}; keep the two apart "
+                    "(the output folder is replaced whole when the run ends)."
+                )
+
+
 def write_outputs(output, model=None, files=None, save=None):
     """Writes `model.keras` and the JSON `files` into `output` atomically: a
     complete new folder replaces the old one, or nothing changes.
 
     `save`, if given, is called with the folder being written (before it
-    replaces `output`) to add other model files, e.g. `MFA.save`."""
+    replaces `output`) to add other model files, e.g. `MFA.save`. A folder
+    `output` holding anything but a model of ours is never replaced: a
+    ValueError says so (`check_output_paths`)."""
+    check_output_paths(output)
     output = os.path.abspath(output)
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
@@ -368,6 +420,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     """
     started = time.time()
     config = config.resolved()
+    check_output_paths(config.output, config.workdir)  # before any work
     keras.utils.set_random_seed(config.seed)
     data = datasets.load(
         config.dataset,

@@ -247,6 +247,32 @@ def test_outputs_are_replaced_atomically(tmp_path):
     assert sorted(os.listdir(output)) == ["metrics.json"]
 
 
+def test_output_paths_are_checked_before_training(tmp_path):
+    (tmp_path / "file").write_text("x")
+    notes = tmp_path / "mine"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "notes.txt").write_text("keep me")
+    cases = [
+        (dict(output=str(notes)), r"holds files that are not a dmfa_tf model \(notes.txt, sub\)"),
+        (dict(output=str(tmp_path / "file" / "model")), "lies below .*file, which is a file"),
+        (dict(workdir=str(tmp_path / "file" / "w")), "--workdir .* lies below .*file"),
+        (dict(output=str(tmp_path / "file")), "is a file; give a folder"),
+        (dict(output=str(tmp_path / "x"), workdir=str(tmp_path / "x" / "work")),
+         "--workdir .* lies inside --output"),
+        (dict(output=str(tmp_path / "y" / "model"), workdir=str(tmp_path / "y")),
+         "--output .* lies inside --workdir"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ValueError, match=message):
+            train_and_evaluate(_config(tmp_path, **overrides), verbose=0)
+    assert (notes / "notes.txt").read_text() == "keep me" and (notes / "sub").is_dir()
+    assert not (tmp_path / "x").exists() and not (tmp_path / "runs").exists()  # nothing trained
+    # write_outputs itself never replaces such a folder either
+    with pytest.raises(ValueError, match="not a dmfa_tf model"):
+        write_outputs(str(notes), files={"metrics.json": {}})
+    assert (notes / "notes.txt").exists()
+
+
 def _run_cli(*args, cwd):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
