@@ -91,6 +91,8 @@ def parse_args(argv=None):
         "data set: mnist nll+mse:1, celeb_a nll+mse:0.1, others nll",
         "objective_switch_epoch": "train on --objective for this many epochs, then on the "
         "NLL alone (the reference's two CelebA phases)",
+        "restart": "start over: delete the backup of an interrupted run in --workdir instead "
+        "of continuing it (a run with other settings is refused without it)",
         "select": "the shipped epoch: the lowest of val_nll (default), val_mse, a weighted "
         "sum such as 'val_nll+20*val_mse', or 'last'",
     }

@@ -139,6 +139,8 @@ class TrainConfig:
     objective_switch_epoch: int = None  # train on `objective` for this many epochs, then on nll
     # The shipped epoch: the lowest of this validation criterion (parse_select), or "last"
     select: str = "val_nll"
+    # Start over: delete the workdir's backup of an interrupted run instead of continuing it
+    restart: bool = False
 
     def resolved(self):
         """A copy with every default filled in and every value checked."""

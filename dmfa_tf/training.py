@@ -355,6 +355,40 @@ class ObjectiveSwitch(keras.callbacks.Callback):
             self.model.make_train_function(force=True)
 
 
+# Settings that may change when an interrupted run is continued: they do not
+# change what was trained so far (`epochs`: train for longer or shorter).
+RESUMABLE_SETTINGS = frozenset(
+    {"epochs", "output", "export", "name", "max_test_images", "restart", "download"}
+)
+
+
+def _check_resume(config):
+    """Refuses to continue an interrupted run with other settings (naming them),
+    or starts over with `config.restart`; records the run's settings."""
+    workdir = config.workdir
+    backup = os.path.join(workdir, "backup")
+    settings_path = os.path.join(workdir, "run_config.json")
+    if config.restart:
+        shutil.rmtree(backup, ignore_errors=True)
+    elif os.path.isdir(backup) and os.path.exists(settings_path):
+        with open(settings_path) as f:
+            before = json.load(f)
+        now = json.loads(config.to_json())
+        changed = [
+            f"--{key.replace('_', '-')} {before.get(key)!r} -> {now[key]!r}"
+            for key in sorted(now)
+            if key not in RESUMABLE_SETTINGS and before.get(key) != now[key]
+        ]
+        if changed:
+            raise ValueError(
+                f"{workdir} holds an interrupted run with other settings ({'; '.join(changed)}). "
+                "Run it with its own settings to continue it, add --restart to start over "
+                "(its backup is deleted), or give another --workdir."
+            )
+    os.makedirs(workdir, exist_ok=True)
+    _write_json_atomically(settings_path, json.loads(config.to_json()))
+
+
 def _callbacks(config, verbose):
     """The run's callbacks, and its `BestEpoch` (None with `select="last"`)."""
     workdir = config.workdir
@@ -372,11 +406,14 @@ def _callbacks(config, verbose):
         BestEpoch.forget(checkpoints)
     if config.objective_switch_epoch is not None:
         callbacks.append(ObjectiveSwitch(config.objective, config.objective_switch_epoch))
+    log = os.path.join(workdir, "log.csv")
+    if not resume and os.path.exists(log):  # a finished run's log: kept, not appended to
+        os.replace(log, os.path.join(workdir, "log.previous.csv"))
     callbacks += [
         AtomicBackupAndRestore(backup),
         keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "last.keras")),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(os.path.join(workdir, "log.csv"), append=True),
+        keras.callbacks.CSVLogger(log, append=True),
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
     ]
     return callbacks, selector
@@ -442,6 +479,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             config, data, train_images, test_images, test_mask, started, verbose, command
         )
 
+    _check_resume(config)
     strategy = make_strategy(config.strategy)
     architecture_kwargs = width_kwargs(config.architecture, config.width)
     with strategy.scope():

@@ -138,6 +138,34 @@ def test_the_backup_is_kept_until_the_outputs_are_written(tmp_path, monkeypatch)
     assert not (tmp_path / "runs" / "digits" / "backup").exists()
 
 
+def test_resuming_with_other_settings_is_refused_or_restarted(tmp_path):
+    config = _config(tmp_path, epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, verbose=0, callbacks=[_Interrupt(at_epoch=0)])
+    changed = _config(tmp_path, epochs=3, seed=1, learning_rate=2e-3)
+    with pytest.raises(ValueError, match=r"other settings \(--learning-rate 0.001 -> 0.002; --seed 0 -> 1\).*--restart"):
+        train_and_evaluate(changed, verbose=0)
+    # --epochs may change: continue the same run for longer
+    recorder = _Recorder()
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(_config(tmp_path, epochs=4), verbose=0,
+                           callbacks=[recorder, _Interrupt(at_epoch=1)])
+    assert recorder.epochs == [1]
+    # --restart starts over with the new settings
+    recorder = _Recorder()
+    changed.restart = True
+    train_and_evaluate(changed, verbose=0, callbacks=[recorder])
+    assert recorder.epochs == [0, 1, 2]
+    saved = json.loads((tmp_path / "saved" / "digits" / "config.json").read_text())
+    assert saved["seed"] == 1
+    # a finished run's log is kept aside, not appended to, when the workdir is used again
+    train_and_evaluate(_config(tmp_path, epochs=2), verbose=0)
+    with open(tmp_path / "runs" / "digits" / "log.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+    with open(tmp_path / "runs" / "digits" / "log.previous.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
+
+
 def test_ctrl_c_prints_how_to_resume(tmp_path, monkeypatch, capsys):
     import train
     from dmfa_tf import training
