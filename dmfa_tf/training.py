@@ -158,6 +158,26 @@ def check_output_paths(output, workdir=None):
                 )
 
 
+def _remove_stale_partials(output):
+    """Removes `<output>.partial-PID` / `.old-PID` folders left by a killed save
+    (their process is gone); those of live processes are left alone."""
+    parent, base = os.path.dirname(output), os.path.basename(output)
+    for name in os.listdir(parent):
+        for tag in (".partial-", ".old-"):
+            prefix = base + tag
+            if name.startswith(prefix) and name[len(prefix):].isdigit():
+                pid = int(name[len(prefix):])
+                try:
+                    os.kill(pid, 0)
+                    alive = pid != os.getpid()
+                except ProcessLookupError:
+                    alive = False
+                except PermissionError:  # another user's live process
+                    alive = True
+                if not alive:
+                    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
 def write_outputs(output, model=None, files=None, save=None):
     """Writes `model.keras` and the JSON `files` into `output` atomically: a
     complete new folder replaces the old one, or nothing changes.
@@ -170,6 +190,7 @@ def write_outputs(output, model=None, files=None, save=None):
     output = os.path.abspath(output)
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
+    _remove_stale_partials(output)
     partial = f"{output}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)

@@ -301,6 +301,17 @@ def test_output_paths_are_checked_before_training(tmp_path):
     assert (notes / "notes.txt").exists()
 
 
+def test_a_killed_save_leaves_nothing_behind_for_good(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    for name in (f"model.partial-{dead}", f"model.old-{dead}"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.keras").write_text("half")
+    (tmp_path / f"model.partial-{os.getppid()}").mkdir()  # a live process's: kept
+    write_outputs(str(tmp_path / "model"), files={"metrics.json": {"a": 1}})
+    assert sorted(os.listdir(tmp_path)) == ["model", f"model.partial-{os.getppid()}"]
+
+
 def _run_cli(*args, cwd):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
