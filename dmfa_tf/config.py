@@ -46,6 +46,12 @@ DATASET_DEFAULTS = {
 
 CROPS = ("paper", "aspect")  # as dmfa_tf.datasets.CROPS
 
+# Settings of the DMFA network and its training, meaningless for --model=mfa.
+DMFA_ONLY = (
+    "architecture", "width", "factor_amplitude", "variance_floor", "objective",
+    "objective_switch_epoch", "epochs", "batch_size", "learning_rate",
+)
+
 MODELS = ("dmfa", "mfa")
 MFA_NOISE_TYPES = ("isotropic", "diagonal")  # as dmfa_tf.mfa.NOISE_TYPES
 MFA_INITS = ("kmeans", "random")  # as dmfa_tf.mfa.INITS
@@ -149,6 +155,7 @@ class TrainConfig:
                 f"Unknown dataset {self.dataset!r}; choose one of {sorted(DATASET_DEFAULTS)}."
             )
         values = dataclasses.asdict(self)
+        self._check_applicable(values)
         for key, value in DATASET_DEFAULTS[self.dataset].items():
             if values[key] is None:
                 values[key] = value
@@ -166,6 +173,29 @@ class TrainConfig:
 
         config.objective = str(Objective.parse(config.objective))  # canonical: "nll+mse:1"
         return config
+
+    def _check_applicable(self, values):
+        """Flags given for what they do not apply to are errors, not silently
+        ignored (and then recorded in config.json as if they had acted)."""
+        problems = []
+        if self.model == "mfa":
+            given = [k for k in DMFA_ONLY if values.get(k) is not None]
+            if given:
+                problems.append(
+                    f"{', '.join('--' + k.replace('_', '-') for k in given)} appl"
+                    f"{'ies' if len(given) == 1 else 'y'} to DMFA networks, not to --model=mfa"
+                )
+        else:
+            given = [k for k in ("mfa_components", "mfa_factors") if values.get(k) is not None]
+            if given:
+                problems.append(
+                    f"{', '.join('--' + k.replace('_', '-') for k in given)} appl"
+                    f"{'ies' if len(given) == 1 else 'y'} to --model=mfa only"
+                )
+        if self.dataset != "celeb_a" and self.crop != "paper":
+            problems.append(f"--crop applies to celeb_a only, not to {self.dataset}")
+        if problems:
+            raise ValueError("; ".join(problems) + ".")
 
     def _check(self):
         if self.export is not None and (not isinstance(self.export, str) or not self.export.strip()):

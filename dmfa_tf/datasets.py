@@ -1164,6 +1164,12 @@ def _load(name, data_dir, image_size, crop, download, cache, verbose, need_train
     if crop not in CROPS:
         raise ValueError(f"`crop` must be one of {CROPS}. Received: crop={crop!r}")
     if name == "digits":
+        if data_dir is not None:
+            raise ValueError(
+                f"digits are bundled with scikit-learn: data_dir (--data-dir) does not apply. "
+                f"Received: data_dir={data_dir!r}"
+            )
+        _check_native_size(name, (8, 8), image_size, "scikit-learn's digits")
         return _load_digits()
     if name == "celeb_a" and image_size is None:
         image_size = CELEBA_IMAGE_SIZE

@@ -121,3 +121,33 @@ def test_bench_training_tiny_run(tmp_path, capsys):
     assert results["machine"]["bandwidth_gb_s"] > 0
     assert "| mlp:6x6x1:4:8 | default |" in printed
     assert json.loads(out.read_text())["rows"][0]["case"] == "mlp:6x6x1:4:8"
+
+
+def test_bench_quality_tiny(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "bench_quality", SCRIPT.parent / "bench_quality.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_candidate("fullconv width=16 objective=nll+mse:1 components=3 blocks=1") == (
+        "fullconv",
+        dict(objective="nll+mse:1", components=3, factors=4, batch=64, lr=1e-3, floor=None,
+             dequantize=False),
+        dict(width=16, blocks=1),
+    )
+    out = tmp_path / "quality.json"
+    rows = bench.main([
+        "--dataset", "digits", "--data-dir", "", "--hole", "4x4", "--minutes", "0.02",
+        "--chunk", "3", "--val-images", "40", "--save", str(tmp_path / "models"),
+        "--json", str(out), "--candidates", "mlp hidden=(16,16) batch=16",
+    ])
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["candidate"] == "mlp hidden=(16,16) batch=16" and row["val_images"] == 40
+    assert row["weights"] > 0 and row["images_per_second"] > 0
+    assert row["images_seen"] % (3 * 16) == 0 and row["images_seen"] >= 3 * 16
+    assert 0 <= row["coverage_50"] <= row["coverage_90"] <= 1
+    assert row["dequantization_step"] == 0.0  # digits are not 8-bit
+    assert json.loads(out.read_text()) == rows
+    assert (tmp_path / "models" / "mlp_hidden_16_16_batch_16" / "model.keras").exists()
+    assert "| `mlp hidden=(16,16) batch=16` |" in capsys.readouterr().out

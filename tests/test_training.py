@@ -248,6 +248,13 @@ def test_mnist_from_idx_files(tmp_path, shared_data):
         # digits take 17 levels, not 256: nothing for --dequantize=on to do
         (dict(dequantize="on"), ValueError, "not 8-bit"),
         (dict(dequantize="yes"), ValueError, "dequantize.*yes"),
+        # flags that do not apply are errors, not silently recorded
+        (dict(image_size=32), ValueError, "digits images are 8x8, but image_size=32"),
+        (dict(crop="aspect"), ValueError, "--crop applies to celeb_a only, not to digits"),
+        (dict(data_dir="somewhere"), ValueError, "bundled with scikit-learn: data_dir"),
+        (dict(model="mfa", architecture="fullconv", width=8), ValueError,
+         "--architecture, --width, --epochs apply to DMFA networks, not to --model=mfa"),
+        (dict(mfa_components=3), ValueError, "--mfa-components applies to --model=mfa only"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(tmp_path, overrides, error, message):
