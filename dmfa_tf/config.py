@@ -48,8 +48,8 @@ CROPS = ("paper", "aspect")  # as dmfa_tf.datasets.CROPS
 
 # Settings of the DMFA network and its training, meaningless for --model=mfa.
 DMFA_ONLY = (
-    "architecture", "width", "factor_amplitude", "variance_floor", "objective",
-    "objective_switch_epoch", "epochs", "batch_size", "learning_rate",
+    "architecture", "width", "factor_amplitude", "objective", "objective_switch_epoch",
+    "epochs", "batch_size", "learning_rate",
 )
 
 MODELS = ("dmfa", "mfa")
@@ -177,16 +177,22 @@ class TrainConfig:
     def _check_applicable(self, values):
         """Flags given for what they do not apply to are errors, not silently
         ignored (and then recorded in config.json as if they had acted)."""
+        defaults = dict(DATASET_DEFAULTS.get(self.dataset, {}))
+        defaults.setdefault("objective", "nll")
+
+        def given(keys):  # set, and not to what resolution fills in (idempotent)
+            return [k for k in keys if values.get(k) is not None and values[k] != defaults.get(k)]
+
         problems = []
         if self.model == "mfa":
-            given = [k for k in DMFA_ONLY if values.get(k) is not None]
+            given = given(DMFA_ONLY)
             if given:
                 problems.append(
                     f"{', '.join('--' + k.replace('_', '-') for k in given)} appl"
                     f"{'ies' if len(given) == 1 else 'y'} to DMFA networks, not to --model=mfa"
                 )
         else:
-            given = [k for k in ("mfa_components", "mfa_factors") if values.get(k) is not None]
+            given = given(("mfa_components", "mfa_factors"))
             if given:
                 problems.append(
                     f"{', '.join('--' + k.replace('_', '-') for k in given)} appl"

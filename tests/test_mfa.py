@@ -406,11 +406,14 @@ def test_mfa_config_defaults_and_checks():
         (dict(model="gmm"), "model='gmm'"),
         (dict(mfa_noise="full"), "mfa_noise='full'"),
         (dict(mfa_init="pca"), "mfa_init='pca'"),
-        (dict(mfa_components=0), "mfa_components=0"),
+        (dict(model="mfa", mfa_components=0), "mfa_components=0"),
         (dict(mfa_iterations=0), "mfa_iterations=0"),
     ):
         with pytest.raises(ValueError, match=message):
             TrainConfig(**bad).resolved()
+    # resolving is idempotent: a saved config resolves again to itself
+    for raw in (TrainConfig(model="mfa", dataset="mnist"), TrainConfig(dataset="mnist")):
+        assert raw.resolved().resolved() == raw.resolved()
 
 
 def test_cli_fits_an_mfa(tmp_path):
