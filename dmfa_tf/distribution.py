@@ -60,9 +60,11 @@ tfb = tfp.bijectors
 
 __all__ = [
     "ABSENT",
+    "MAX_SAMPLE_VALUES",
     "MISSING",
     "OBSERVED",
     "MaskedFactorMixture",
+    "checked_sample_count",
     "flatten_images",
     "flatten_mask",
     "unflatten_images",
@@ -74,6 +76,12 @@ MISSING = 0  # not given: scored by `log_prob`, filled in by samples and means
 ABSENT = -1  # not given and not scored: filled in, but left out of `log_prob`
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
+
+# The most values one `sample` call draws: S samples of a batch of B events of
+# N values are S x B x N values (2**28 of them are 1 GiB in float32). Without a
+# bound, `num_samples=2**30` through a SavedModel exhausts memory instead of
+# failing. Draw more in several calls, with different seeds.
+MAX_SAMPLE_VALUES = 2**28
 
 
 def _float_dtype(*values):
@@ -484,7 +492,11 @@ class MaskedFactorMixture(tfd.Distribution):
     # === Sampling ===
 
     def _sample_n(self, n, seed=None, diagonal_noise=True):
-        """Draws `n` samples; `diagonal_noise=False` leaves out `sqrt(diag) * eps`."""
+        """Draws `n` samples (`n * B * N` values at most `MAX_SAMPLE_VALUES`);
+        `diagonal_noise=False` leaves out `sqrt(diag) * eps`."""
+        n = checked_sample_count(
+            n, tf.reduce_prod(self.batch_shape_tensor()) * tf.shape(self._loc)[-1]
+        )
         component_seed, factor_seed, noise_seed = tfp.random.split_seed(
             seed, n=3, salt="MaskedFactorMixture"
         )
@@ -556,3 +568,35 @@ def unflatten_images(values, image_shape):
     """`[..., N]` -> `[..., H, W, C]`."""
     values = tf.convert_to_tensor(values)
     return tf.reshape(values, tf.concat([tf.shape(values)[:-1], list(image_shape)], 0))
+
+
+def checked_sample_count(n, values_per_sample):
+    """`n` if `0 <= n` and `n * values_per_sample <= MAX_SAMPLE_VALUES`: a
+    ValueError naming the bound for values known now (Python, eager), an
+    assertion in a graph."""
+    limit = MAX_SAMPLE_VALUES
+
+    def message(count, per):
+        return (
+            f"dmfa_tf: cannot draw {count} samples of {per} values each: at most "
+            f"MAX_SAMPLE_VALUES = 2**28 values per call (num_samples x batch x event size; "
+            "1 GiB of float32). Draw them in several calls, with other seeds."
+        )
+
+    static_n, static_per = tf.get_static_value(n), tf.get_static_value(values_per_sample)
+    if static_n is not None and static_per is not None:
+        if int(static_n) < 0:
+            raise ValueError(f"dmfa_tf: the number of samples must be >= 0. Received: {int(static_n)}")
+        if int(static_n) * int(static_per) > limit:
+            raise ValueError(message(int(static_n), int(static_per)))
+        return n
+    n = tf.convert_to_tensor(n)
+    total = tf.cast(n, tf.int64) * tf.cast(values_per_sample, tf.int64)
+    check = tf.debugging.Assert(
+        tf.logical_and(n >= 0, total <= limit),
+        ["dmfa_tf: `num_samples` must be >= 0, and num_samples x batch x event size at most "
+         "MAX_SAMPLE_VALUES = 2**28 values per call (draw more in several calls, with other "
+         "seeds). Received num_samples:", n, "values per sample:", values_per_sample],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(n)

@@ -22,7 +22,7 @@ but not scored).
 |---|---|---|
 | `serving_default` | | `imputation` `[B, H, W, C]` (observed pixels kept, missing ones the mean of the most probable component), `variance` `[B, H, W, C]` (the mixture's predictive variance, 0 where observed), `mixture_weights` `[B, K]` |
 | `log_prob` | | `log_prob` `[B]`: `log p(x_missing \\| x_observed)` in nats (-NLL) |
-| `sample` | `num_samples` int32 `[]`, `seed` int32 `[2]` | `samples` `[S, B, H, W, C]`, observed pixels kept; the same seed gives the same samples |
+| `sample` | `num_samples` int32 `[]`, `seed` int32 `[2]` | `samples` `[S, B, H, W, C]`, observed pixels kept; the same seed gives the same samples; `S * B * H * W * C` at most `MAX_SAMPLE_VALUES` (2**28) |
 | `parameters` | | `logits` `[B, K]`, `loc` `[B, K, N]`, `factors` `[B, K, N, L]`, `diag` `[B, K, N]` |
 
 Bad input stops a SavedModel call with an `InvalidArgumentError` that names
@@ -63,6 +63,7 @@ from dmfa_tf.distribution import (
     MISSING,
     OBSERVED,
     MaskedFactorMixture,
+    checked_sample_count,
     flatten_images,
     unflatten_images,
 )
@@ -331,12 +332,9 @@ def _serving_functions(model, image_shape, diagonal_noise=True):
     def sample(image, mask, num_samples, seed):
         num_samples = tf.ensure_shape(num_samples, [], name="num_samples")
         seed = tf.ensure_shape(seed, [2], name="seed")
-        check = tf.debugging.Assert(
-            num_samples >= 0,
-            ["dmfa_tf: `num_samples` must be >= 0. Received:", num_samples],
-        )
-        with tf.control_dependencies([check]):
-            num_samples = tf.identity(num_samples)
+        num_samples = checked_sample_count(
+            num_samples, tf.size(image, out_type=tf.int32)
+        )  # an assertion: >= 0, and S x B x N at most MAX_SAMPLE_VALUES
         _, dist = mixture(image, mask)
         draws = dist.sample(num_samples, seed=seed, diagonal_noise=diagonal_noise)  # [S, B, N]
         return {"samples": unflatten_images(draws, image_shape)}  # [S, B, H, W, C]

@@ -296,6 +296,26 @@ def test_sample_moments_on_missing_block(noise):
     np.testing.assert_array_less(np.abs(sample_cov - cov[np.ix_(hidden, hidden)]), 2 * bound)
 
 
+def test_sample_count_is_bounded():
+    rng = np.random.default_rng(14)
+    params = make_params(rng, 3, 2, 10, 2)
+    dist = MaskedFactorMixture(**params, mask=np.zeros((3, 10)))
+    # 2**28 values per call: 3 x 10 values per sample allow 8,947,848 samples
+    with pytest.raises(ValueError, match=r"cannot draw 8947849 samples of 30 values.*2\*\*28"):
+        dist.sample(8947849, seed=[1, 2])
+    with pytest.raises(ValueError, match=r"cannot draw 1073741824 samples"):
+        dist.sample(2**30, seed=[1, 2])
+    assert dist.sample(5, seed=[1, 2]).shape == (5, 3, 10)
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int32)])
+    def draw(n):  # n unknown when traced: an assertion
+        return tf.shape(dist.sample(n, seed=[1, 2]))
+
+    assert draw(tf.constant(4)).numpy().tolist() == [4, 3, 10]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="MAX_SAMPLE_VALUES"):
+        draw(tf.constant(2**30))
+
+
 def test_shapes_and_slicing():
     rng = np.random.default_rng(13)
     params = make_params(rng, 4, 3, N, 2)

@@ -318,6 +318,9 @@ def test_wrong_shape_dtype_and_sample_count_are_rejected(loaded, batch):
     sample = loaded.signatures["sample"]
     with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples"):
         sample(image=image, mask=mask, num_samples=tf.constant(-1), seed=tf.constant([1, 2]))
+    # a stated bound, not an out-of-memory kill: S x B x N <= 2**28 values per call
+    with pytest.raises(tf.errors.InvalidArgumentError, match="MAX_SAMPLE_VALUES = 2..28"):
+        sample(image=image, mask=mask, num_samples=tf.constant(2**30), seed=tf.constant([1, 2]))
     with pytest.raises((TypeError, tf.errors.InvalidArgumentError), match="seed"):
         sample(image=image, mask=mask, num_samples=tf.constant(2), seed=tf.constant([1, 2, 3]))
 
