@@ -706,6 +706,13 @@ def _npz_labels(archive, path, key, count):
 
 
 def _load_npz(path, name, image_size):
+    # np.load reads any file that is not a zip archive (or .npy) as a pickle and
+    # then refuses it as "pickled data": name the real problem instead.
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"Cannot read the .npz file {path}: it is not a zip archive (a .npz file made by "
+            "numpy.savez), so it is truncated or not a .npz file at all."
+        )
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:

@@ -810,7 +810,15 @@ def test_npz_errors_name_file(tmp_path, change, words):
 def test_npz_not_a_zip(tmp_path):
     path = tmp_path / "broken.npz"
     path.write_bytes(b"not a zip file at all")
-    with pytest.raises(ValueError, match="broken.npz"):
+    with pytest.raises(ValueError, match="broken.npz: it is not a zip archive") as info:
+        datasets.load("cifar10", data_dir=str(path))
+    assert "pickle" not in str(info.value)
+    # a truncated archive (a killed copy) says the same
+    arrays = {"x_train": np.zeros((20, 32, 32, 3), np.uint8), "x_test": np.zeros((5, 32, 32, 3), np.uint8)}
+    np.savez(tmp_path / "full.npz", **arrays)
+    data = (tmp_path / "full.npz").read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a zip archive.*truncated"):
         datasets.load("cifar10", data_dir=str(path))
 
 
