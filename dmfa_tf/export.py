@@ -658,10 +658,20 @@ def tflite_interpreter(model):
 
 def run_tflite(model, signature, **inputs):
     """Runs one signature of a TFLite model (path, bytes or interpreter) on
-    NumPy inputs; the batch size may be anything. Returns a dict of arrays."""
+    NumPy inputs; the batch size may be anything, 0 included (a bare LiteRT
+    runner needs at least 1). Returns a dict of arrays."""
     interpreter = model if hasattr(model, "get_signature_runner") else tflite_interpreter(model)
     runner = interpreter.get_signature_runner(signature)
-    return runner(**{key: np.asarray(value, np.float32) for key, value in inputs.items()})
+    inputs = {key: np.asarray(value, np.float32) for key, value in inputs.items()}
+    if inputs and all(value.ndim and len(value) == 0 for value in inputs.values()):
+        # An empty batch crashes the TFLite runtime (its Unpack kernel): run one
+        # neutral image (all observed) for the output shapes and return none.
+        one = {
+            key: (np.ones if key == "mask" else np.zeros)((1,) + value.shape[1:], np.float32)
+            for key, value in inputs.items()
+        }
+        return {key: value[:0] for key, value in runner(**one).items()}
+    return runner(**inputs)
 
 
 # === Command line ===

@@ -377,6 +377,20 @@ def test_tflite_builtin_ops_only_and_parity(exported, loaded, batch):
     _assert_tflite_matches(_tflite_outputs(path, image, mask), saved)
 
 
+def test_tflite_empty_batch_gives_empty_outputs(exported, batch):
+    """An empty batch crashes the TFLite runtime's Unpack kernel; run_tflite
+    returns empty outputs of the right shapes instead."""
+    path = os.path.join(exported, "model.tflite")
+    image, mask = (np.array(a) for a in batch)
+    full = _tflite_outputs(path, image, mask)
+    empty = _tflite_outputs(path, image[:0], mask[:0])
+    for name, outputs in full.items():
+        assert sorted(empty[name]) == sorted(outputs)
+        for key, value in outputs.items():
+            assert empty[name][key].shape == (0,) + value.shape[1:]
+            assert empty[name][key].dtype == value.dtype
+
+
 def test_tflite_bad_input_is_flagged_not_silent(exported, batch):
     path = os.path.join(exported, "model.tflite")
     image, mask = (np.array(a) for a in batch)
