@@ -353,6 +353,18 @@ class MaskedFactorMixture(tfd.Distribution):
                 f"`x` must have {event_size} coordinates in its last axis "
                 f"(the event size). Received: x.shape={x.shape}"
             )
+        if tf.executing_eagerly() and not self.validate_args:
+            # Eager values cost one reduction to check: a NaN here would be a
+            # silent NaN score. (In a graph, `validate_args=True` checks it.)
+            scored = tf.where(self._mask == MISSING, x, 0.0)
+            bad = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(scored), tf.int32)))
+            if bad:
+                raise ValueError(
+                    f"`x` holds {bad} NaN or inf values at missing (scored, mask 0) "
+                    "coordinates: their density cannot be scored. Mark values that are "
+                    "not known -1 (absent) to leave them out of the score."
+                )
+            return []
         if not self.validate_args:
             return []
         scored = tf.where(self._mask == MISSING, x, 0.0)

@@ -376,6 +376,25 @@ def test_validate_args_rejects_nan_at_scored_coordinates_only():
         dist.log_prob(np.where(mask == 0, np.nan, 0.5))
 
 
+def test_nan_at_scored_coordinates_is_an_error_in_eager_mode():
+    """Without validate_args, an eager log_prob names NaN at scored coordinates
+    instead of returning a silent NaN; NaN elsewhere is never read."""
+    rng = np.random.default_rng(26)
+    params = make_params(rng, 2, 2, N, 2)
+    mask = mixed_masks(rng)[2:4]
+    dist = MaskedFactorMixture(**params, mask=mask)
+    assert np.all(np.isfinite(dist.log_prob(np.where(mask != 0, np.nan, 0.5)).numpy()))
+    x = np.where(mask == 0, np.nan, 0.5)
+    count = int((mask == 0).sum())
+    with pytest.raises(ValueError, match=f"holds {count} NaN or inf values at missing .*-1 \\(absent\\)"):
+        dist.log_prob(x)
+    from dmfa_tf.losses import negative_log_likelihood
+
+    image = np.where(mask == 0, np.nan, 0.5).reshape(2, 1, N, 1)
+    with pytest.raises(ValueError, match="NaN or inf values at missing"):
+        negative_log_likelihood(params, image, mask.reshape(2, 1, N, 1))
+
+
 def test_from_images_broadcasts_single_channel_mask():
     rng = np.random.default_rng(17)
     h, w, c = 4, 3, 3
