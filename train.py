@@ -30,6 +30,7 @@ def parse_args(argv=None):
         "strategy": list(STRATEGIES),
         "variance_activation": ["sigmoid", "softplus"],
         "dequantize": list(DEQUANTIZE),
+        "nonfinite": ["error", "absent"],
         "jit_compile": ["auto", "true", "false"],
         "lr_schedule": ["constant", "cosine"],
         "crop": list(CROPS),
@@ -91,6 +92,10 @@ def parse_args(argv=None):
         "data set: mnist nll+mse:1, celeb_a nll+mse:0.1, others nll",
         "objective_switch_epoch": "train on --objective for this many epochs, then on the "
         "NLL alone (the reference's two CelebA phases)",
+        "nonfinite": "NaN / inf training pixels: error (default) or absent (incomplete "
+        "data: those pixels are neither seen nor scored, mask -1)",
+        "train_absent": "make the training images incomplete: a mask spec whose 0 pixels are "
+        "absent, fixed per image (seeded), e.g. dropout:0.3 (implies --nonfinite=absent)",
         "restart": "start over: delete the backup of an interrupted run in --workdir instead "
         "of continuing it (a run with other settings is refused without it)",
         "select": "the shipped epoch: the lowest of val_nll (default), val_mse, a weighted "

@@ -90,8 +90,17 @@ class DiagonalGaussian:
 
     @classmethod
     def fit(cls, images, variance_floor=1e-4):
-        """Fits to `[n, H, W, C]` images."""
+        """Fits to `[n, H, W, C]` images. NaN pixels (absent: incomplete training
+        data) are left out of their pixel's mean and variance; a pixel absent
+        from every image gets mean 0.5 and variance 1/12 (uniform on [0, 1])."""
         images = np.asarray(_check_images(images, 2), np.float64)
+        if np.isnan(images).any():
+            present = (~np.isnan(images)).sum(0)
+            total = np.nansum(images, axis=0)
+            mean = np.where(present > 0, total / np.maximum(present, 1), 0.5)
+            squares = np.nansum(np.square(images - mean), axis=0)
+            variance = np.where(present > 0, squares / np.maximum(present, 1), 1.0 / 12.0)
+            return cls(mean, np.maximum(variance, variance_floor))
         return cls(images.mean(0), np.maximum(images.var(0), variance_floor))
 
     @property

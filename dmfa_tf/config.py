@@ -59,6 +59,7 @@ MFA_INITS = ("kmeans", "random")  # as dmfa_tf.mfa.INITS
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 LR_SCHEDULES = ("constant", "cosine")
 DEQUANTIZE = ("auto", "on", "off")
+NONFINITE = ("error", "absent")  # as dmfa_tf.masks.with_masks
 
 # What `select` may weigh: the per-epoch logs of `model.fit` (validation and training).
 SELECT_METRICS = ("val_nll", "val_mse", "val_loss", "nll", "mse", "loss")
@@ -147,6 +148,12 @@ class TrainConfig:
     select: str = "val_nll"
     # Start over: delete the workdir's backup of an interrupted run instead of continuing it
     restart: bool = False
+    # Incomplete training data: NaN / inf training pixels stop the run ("error") or are
+    # absent ("absent": mask -1, neither seen nor scored)
+    nonfinite: str = "error"
+    # Make training data incomplete: a mask spec whose 0 pixels are absent in each training
+    # image, fixed per image (seeded), e.g. "dropout:0.3"; implies nonfinite="absent"
+    train_absent: str = None
 
     def resolved(self):
         """A copy with every default filled in and every value checked."""
@@ -167,6 +174,8 @@ class TrainConfig:
         values["mask"] = values["mask"] or values["hole"]
         values["test_mask"] = values["test_mask"] or values["mask"]
         values["objective"] = values["objective"] or "nll"
+        if values["train_absent"] is not None:
+            values["nonfinite"] = "absent"
         config = TrainConfig(**values)
         config._check()
         from dmfa_tf.losses import Objective
@@ -260,6 +269,16 @@ class TrainConfig:
             raise ValueError(
                 f"`strategy` must be one of {STRATEGIES}. Received: strategy={self.strategy!r}"
             )
+        if self.nonfinite not in NONFINITE:
+            raise ValueError(
+                f"`nonfinite` must be one of {NONFINITE}. Received: nonfinite={self.nonfinite!r}"
+            )
+        if self.train_absent is not None:
+            from dmfa_tf import masks as masks_lib  # TensorFlow: imported here only
+
+            masks_lib.parse(self.train_absent)  # a ValueError naming a bad spec
+            if self.model == "mfa":
+                raise ValueError("--train-absent applies to DMFA networks, not to --model=mfa.")
         if self.dequantize not in DEQUANTIZE:
             raise ValueError(
                 f"`dequantize` must be one of {DEQUANTIZE}. Received: dequantize={self.dequantize!r}"

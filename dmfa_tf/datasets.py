@@ -677,12 +677,22 @@ def _npz_images(array, path, key):
         return _to_float(array)
     if np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float32)
-        if not np.isfinite(array).all():
-            raise ValueError(f"{path}: {key} holds NaN or infinite values.")
-        if array.size and (array.min() < 0.0 or array.max() > 1.0):
+        if np.isinf(array).any():
+            raise ValueError(f"{path}: {key} holds infinite values.")
+        nan = np.isnan(array)
+        if nan.any() and key != "x_train":
             raise ValueError(
-                f"{path}: {key} holds floats outside [0, 1] ({array.min():g} to "
-                f"{array.max():g}); store uint8 in [0, 255] or floats in [0, 1]."
+                f"{path}: {key} holds NaN values. Only x_train may (incomplete training "
+                "images: train with --nonfinite=absent); validation and test images are "
+                "scored whole."
+            )
+        if nan.all():
+            raise ValueError(f"{path}: {key} holds only NaN values.")
+        low, high = (float(f(array)) for f in (np.nanmin, np.nanmax)) if array.size else (0, 0)
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"{path}: {key} holds floats outside [0, 1] ({low:g} to "
+                f"{high:g}); store uint8 in [0, 255] or floats in [0, 1]."
             )
         return array
     raise ValueError(f"{path}: {key} has dtype {array.dtype}; expected uint8 or float.")

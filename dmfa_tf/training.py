@@ -49,6 +49,17 @@ __all__ = [
 # Training masks are seeded (seed + TRAIN_MASK_OFFSET, i), so they never repeat
 # the evaluation masks (eval_seed, i) of small seeds.
 TRAIN_MASK_OFFSET = 2**31
+# `train_absent` masks are seeded (seed + ABSENT_MASK_OFFSET, i), i the image's index.
+ABSENT_MASK_OFFSET = 2**32
+
+
+def make_absent(images, spec, seed):
+    """`images` made incomplete: the pixels where the mask spec `spec` gives 0
+    (image `i`: seeded `(seed + ABSENT_MASK_OFFSET, i)`) become NaN, for
+    training with `nonfinite="absent"`. Returns `(images, absent share)`."""
+    absent = evaluation.seeded_masks(images, spec, seed + ABSENT_MASK_OFFSET) == 0
+    absent = np.broadcast_to(absent, images.shape)
+    return np.where(absent, np.float32(np.nan), images).astype(np.float32), float(absent.mean())
 
 
 def make_strategy(name):
@@ -70,15 +81,17 @@ def make_strategy(name):
     raise ValueError(f"Unknown strategy {name!r}.")
 
 
-def training_data(images, mask, batch_size, seed):
+def training_data(images, mask, batch_size, seed, nonfinite="error"):
     """An endless, shuffled, masked, batched data set of `{"image", "mask"}`.
 
     The shuffle order and the masks are seeded; masks are drawn per element of
-    the endless stream, so every epoch sees new masks.
+    the endless stream, so every epoch sees new masks. `nonfinite="absent"`
+    makes NaN / inf pixels absent (mask -1: neither seen nor scored), which
+    trains on incomplete images (`masks.with_masks`).
     """
     data = tf.data.Dataset.from_tensor_slices(np.asarray(images, np.float32))
     data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
-    data = masks_lib.with_masks(data, mask, seed + TRAIN_MASK_OFFSET)
+    data = masks_lib.with_masks(data, mask, seed + TRAIN_MASK_OFFSET, nonfinite=nonfinite)
     return data.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
@@ -501,6 +514,19 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         )
 
     _check_resume(config)
+    absent_share = None
+    if config.train_absent is not None:
+        train_images, absent_share = make_absent(train_images, config.train_absent, config.seed)
+    else:
+        nonfinite_count = int(np.size(train_images) - np.count_nonzero(np.isfinite(train_images)))
+        if nonfinite_count and config.nonfinite == "error":
+            raise ValueError(
+                f"{nonfinite_count:,} pixels of the {config.dataset} training images are NaN or "
+                "inf. Pass --nonfinite=absent to train on incomplete images (those pixels are "
+                "then neither seen nor scored)."
+            )
+        if config.nonfinite == "absent":
+            absent_share = nonfinite_count / max(1, np.size(train_images))
     strategy = make_strategy(config.strategy)
     architecture_kwargs = width_kwargs(config.architecture, config.width)
     with strategy.scope():
@@ -540,13 +566,17 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             + (f", dequantized targets (step 1/{round(1 / dequantization_step)})"
                if dequantization_step else "")
             + ") on "
-            f"{len(train_images):,} {config.dataset} images {data.image_shape}, masks "
+            f"{len(train_images):,} {config.dataset} images {data.image_shape}"
+            + (f" ({100 * absent_share:.1f}% of their pixels absent)" if absent_share else "")
+            + ", masks "
             f"{train_mask.spec()}, {config.epochs} epochs of {steps} steps, batch "
             f"{config.batch_size}, on {hardware_description()}."
         )
     train_started = time.time()
     run_callbacks, selector = _callbacks(config, verbose)
-    train_stream = training_data(train_images, train_mask, config.batch_size, config.seed)
+    train_stream = training_data(
+        train_images, train_mask, config.batch_size, config.seed, nonfinite=config.nonfinite
+    )
     if dequantization_step:
         train_stream = dequantization.dequantize_targets(
             train_stream, dequantization_step, config.seed + TRAIN_MASK_OFFSET
@@ -595,6 +625,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             "objective": config.objective,
             "objective_switch_epoch": config.objective_switch_epoch,
             "dequantization_step": dequantization_step,
+            "absent_training_pixels": absent_share,
         },
         "selection": selection,
         **_nll_and_mse(model_scores),

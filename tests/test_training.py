@@ -255,6 +255,8 @@ def test_mnist_from_idx_files(tmp_path, shared_data):
         (dict(model="mfa", architecture="fullconv", width=8), ValueError,
          "--architecture, --width, --epochs apply to DMFA networks, not to --model=mfa"),
         (dict(mfa_components=3), ValueError, "--mfa-components applies to --model=mfa only"),
+        (dict(nonfinite="skip"), ValueError, "nonfinite.*skip"),
+        (dict(train_absent="dropout:2"), ValueError, "dropout:2"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(tmp_path, overrides, error, message):
@@ -317,6 +319,62 @@ def test_a_killed_save_leaves_nothing_behind_for_good(tmp_path):
     (tmp_path / f"model.partial-{os.getppid()}").mkdir()  # a live process's: kept
     write_outputs(str(tmp_path / "model"), files={"metrics.json": {"a": 1}})
     assert sorted(os.listdir(tmp_path)) == ["model", f"model.partial-{os.getppid()}"]
+
+
+def _incomplete_npz(tmp_path, share=0.3):
+    """A small 16x16 grey set whose training images have NaN (absent) pixels."""
+    rng = np.random.default_rng(5)
+    x_train = rng.uniform(size=(200, 16, 16)).astype(np.float32)
+    x_train[rng.uniform(size=x_train.shape) < share] = np.nan
+    path = tmp_path / "incomplete.npz"
+    np.savez(path, x_train=x_train, x_test=rng.uniform(size=(20, 16, 16)).astype(np.float32),
+             x_val=rng.uniform(size=(20, 16, 16)).astype(np.float32))
+    return path, float(np.isnan(x_train).mean())
+
+
+def test_training_on_incomplete_data(tmp_path):
+    """NaN training pixels are absent with --nonfinite=absent (an error without
+    it); --train-absent makes complete images incomplete, fixed per image."""
+    path, share = _incomplete_npz(tmp_path)
+    config = dict(dataset="cifar10", data_dir=str(path), architecture="mlp", width=8, epochs=1,
+                  batch_size=16, hole="6x6", output=str(tmp_path / "out"), workdir=str(tmp_path / "w"))
+    with pytest.raises(ValueError, match=r"pixels of the cifar10 training images are NaN.*--nonfinite=absent"):
+        train_and_evaluate(TrainConfig(**config), verbose=0)
+    metrics = train_and_evaluate(TrainConfig(**config, nonfinite="absent"), verbose=0)
+    assert metrics["model"]["absent_training_pixels"] == pytest.approx(share)
+    assert np.isfinite(metrics["nll"]["mean"]) and np.isfinite(metrics["baseline"]["nll"]["mean"])
+
+    from dmfa_tf import masks
+    from dmfa_tf.training import ABSENT_MASK_OFFSET, make_absent
+
+    images = np.random.default_rng(6).uniform(size=(50, 8, 8, 1)).astype(np.float32)
+    incomplete, absent = make_absent(images, "dropout:0.3", seed=4)
+    for i in (0, 17, 49):  # image i's absent pixels: the mask seeded (4 + offset, i)
+        expected = masks.parse("dropout:0.3")(8, 8, [4 + ABSENT_MASK_OFFSET, i]).numpy() == 0
+        np.testing.assert_array_equal(np.isnan(incomplete[i]), expected)
+        np.testing.assert_array_equal(incomplete[i][~expected], images[i][~expected])
+    assert absent == pytest.approx(np.isnan(incomplete).mean()) and 0.2 < absent < 0.4
+    run = train_and_evaluate(
+        _config(tmp_path, train_absent="dropout:0.3", output=str(tmp_path / "o2"),
+                workdir=str(tmp_path / "w2")),
+        verbose=0,
+    )
+    assert 0.2 < run["model"]["absent_training_pixels"] < 0.4 and np.isfinite(run["nll"]["mean"])
+    saved = json.loads((tmp_path / "o2" / "config.json").read_text())
+    assert saved["nonfinite"] == "absent" and saved["train_absent"] == "dropout:0.3"
+
+
+def test_npz_nan_only_in_training_images(tmp_path):
+    from dmfa_tf import datasets
+
+    path, _ = _incomplete_npz(tmp_path)
+    data = datasets.load("cifar10", str(path))
+    assert np.isnan(data.train).any() and not np.isnan(data.test).any()
+    arrays = dict(np.load(path))
+    arrays["x_test"][0, 0, 0] = np.nan
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="x_test holds NaN values. Only x_train may"):
+        datasets.load("cifar10", str(tmp_path / "bad.npz"))
 
 
 def _run_cli(*args, cwd):
