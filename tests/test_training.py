@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -599,3 +600,55 @@ def test_cli_objective_and_selection_flags():
     assert resolved == {"digits": "nll", "mnist": "nll+mse:1", "fashion_mnist": "nll",
                         "celeb_a": "nll+mse:0.1"}
     assert TrainConfig(dataset="mnist", objective="nll").resolved().objective == "nll"
+
+
+@pytest.mark.slow
+def test_train_py_killed_at_any_moment_finishes_on_rerun(tmp_path):
+    """SIGKILL (and SIGINT) at moments spread over a whole run (start-up,
+    epochs, backups, scoring, the final save): each rerun of the same command
+    continues, and the last one finishes with a complete, loadable model."""
+    import signal
+    import time
+
+    args = [sys.executable, os.path.join(ROOT, "train.py"), "--epochs=6", "--max-train-images=512",
+            "--max-test-images=64", f"--output={tmp_path / 'out'}", f"--workdir={tmp_path / 'work'}"]
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+
+    def run(kill_after=None, sig=signal.SIGKILL):
+        process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        if kill_after is not None:
+            try:
+                process.wait(timeout=kill_after)
+            except subprocess.TimeoutExpired:
+                process.send_signal(sig)
+        out, err = process.communicate(timeout=600)
+        return process.returncode, out, err
+
+    started = time.time()
+    code, _, err = run()  # a reference run for the timing, then start over
+    assert code == 0, err
+    total = time.time() - started
+    (tmp_path / "out").rename(tmp_path / "reference")
+    shutil.rmtree(tmp_path / "work")
+    rng = np.random.default_rng(0)
+    moments = sorted(rng.uniform(0.2, 1.0, size=6) * total)
+    for i, moment in enumerate(moments):
+        sig = signal.SIGINT if i == 2 else signal.SIGKILL
+        code, _, err = run(kill_after=moment, sig=sig)
+        if code == 0:  # it finished before the kill; start over for the next one
+            shutil.rmtree(tmp_path / "work", ignore_errors=True)
+            shutil.rmtree(tmp_path / "out", ignore_errors=True)
+            continue
+        if sig == signal.SIGINT and code == 130:
+            assert "Run the same command again" in err and "Traceback" not in err
+    code, out, err = run()
+    assert code == 0, err
+    model = keras.saving.load_model(str(tmp_path / "out" / "model.keras"))
+    assert isinstance(model, dmfa_tf.DMFAModel)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert np.isfinite(metrics["nll"]["mean"]) and metrics["selection"]["epochs"] == 6
+    with open(tmp_path / "work" / "log.csv") as f:
+        assert {row["epoch"] for row in csv.DictReader(f)} <= {str(e) for e in range(6)}
+    assert not (tmp_path / "work" / "backup").exists()
+    assert not [p for p in os.listdir(tmp_path) if ".partial-" in p or ".old-" in p]
