@@ -191,6 +191,30 @@ def _remove_stale_partials(output):
                     shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
+# Bytes per weight a run writes at most: float32 weights in the last checkpoint
+# and the backup with Adam's two moments (3 + 3 copies), the best epoch's weights
+# and the output model (1 + 1), and as much again while a file is replaced.
+BYTES_PER_WEIGHT = 4 * 8 * 2
+
+
+def check_free_space(config, weights):
+    """A ValueError before any training when the workdir's or the output's file
+    system has less free space than the run will write (`BYTES_PER_WEIGHT` per
+    weight): a full disk found later fails deep inside h5py."""
+    needed = BYTES_PER_WEIGHT * int(weights)
+    for flag, path in (("workdir", config.workdir), ("output", config.output)):
+        existing = os.path.abspath(path)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        free = shutil.disk_usage(existing).free
+        if free < needed:
+            raise ValueError(
+                f"--{flag} {path}: {free / 2**20:,.0f} MiB free on its file system, and the run "
+                f"writes up to {needed / 2**20:,.0f} MiB ({int(weights):,} weights: checkpoints, "
+                "backup and model). Free some space or choose another folder."
+            )
+
+
 def write_outputs(output, model=None, files=None, save=None):
     """Writes `model.keras` and the JSON `files` into `output` atomically: a
     complete new folder replaces the old one, or nothing changes.
@@ -541,6 +565,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             **architecture_kwargs,
         )
     model.objective = config.objective  # dmfa_tf.losses; the default is "nll"
+    check_free_space(config, model.count_params())
 
     steps = max(1, len(train_images) // config.batch_size)
     dequantization_step = 0.0

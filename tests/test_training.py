@@ -311,6 +311,18 @@ def test_output_paths_are_checked_before_training(tmp_path):
     assert (notes / "notes.txt").exists()
 
 
+def test_a_full_disk_is_found_before_training(tmp_path, monkeypatch):
+    import collections
+
+    from dmfa_tf import training
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(training.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 2**20))
+    with pytest.raises(ValueError, match=r"--workdir .*: 1 MiB free on its file system, and the run writes up to"):
+        train_and_evaluate(_config(tmp_path), verbose=0)
+    assert not (tmp_path / "runs" / "digits" / "log.csv").exists()  # no epoch ran
+
+
 def test_a_killed_save_leaves_nothing_behind_for_good(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
