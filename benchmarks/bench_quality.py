@@ -279,7 +279,7 @@ def main(argv=None):
     rows = []
     for candidate in args.candidates:
         settings = {k: v for k, v in vars(args).items()
-                    if k not in ("candidates", "json", "worker") and v is not None}
+                    if k not in ("candidates", "json", "worker", "layer_timings") and v is not None}
         command = [sys.executable, __file__, "--worker", candidate] + [
             f"--{key.replace('_', '-')}={value}" for key, value in settings.items()
         ]

@@ -237,13 +237,15 @@ def _write_small_set(folder, train=5003, test=4, labels_train=None, compress=Fal
 def test_load_hand_built_files(tmp_path, compress):
     arrays = _write_small_set(tmp_path, compress=compress)
     splits = datasets.load("mnist", data_dir=str(tmp_path))
-    assert (len(splits.train), len(splits.val), len(splits.test)) == (3, 5000, 4)
+    # 5,003 training images: the last tenth (500) is held out (validation_size)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (4503, 500, 4)
     assert splits.image_shape == (2, 3, 1)
     # Image k has every pixel k % 256, scaled to [0, 1].
-    np.testing.assert_allclose(splits.train[:, 0, 0, 0], np.array([0, 1, 2]) / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(splits.train[:3, 0, 0, 0], np.array([0, 1, 2]) / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(splits.val[0], np.full((2, 3, 1), 4503 % 256 / 255.0), rtol=1e-6)
     np.testing.assert_allclose(splits.val[-1], np.full((2, 3, 1), 5002 % 256 / 255.0), rtol=1e-6)
     assert (splits.test == 1.0).all()
-    np.testing.assert_array_equal(splits.val_labels, arrays["train-labels-idx1-ubyte"][3:])
+    np.testing.assert_array_equal(splits.val_labels, arrays["train-labels-idx1-ubyte"][4503:])
     np.testing.assert_array_equal(splits.test_labels, [0, 1, 2, 3])
 
 
