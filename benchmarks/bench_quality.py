@@ -49,6 +49,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_training import peak_rss_mb  # noqa: E402  (one home for the RSS reading)
 TRAINING_KEYS = {
     "objective": str,
     "components": int,
@@ -212,19 +214,6 @@ def layer_timings(batch=64, repeats=10):
 
 def _slug(text):
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
-
-
-def peak_rss_mb():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def table(rows):

@@ -129,6 +129,14 @@ def inference_copy(model):
 OUTPUT_FILES = frozenset({"model.keras", "mfa.npz", "config.json", "metrics.json"})
 
 
+def _nearest_existing(path):
+    """`path`, or the nearest folder above it that exists (absolute)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def check_output_paths(output, workdir=None):
     """Raises a ValueError naming the problem, before any training, when the
     run could not write its outputs or would destroy something:
@@ -144,9 +152,7 @@ def check_output_paths(output, workdir=None):
     for flag, path in paths:
         if os.path.isfile(path):
             raise ValueError(f"--{flag} {path} is a file; give a folder.")
-        existing = path
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
+        existing = _nearest_existing(path)
         if not os.path.isdir(existing):
             raise ValueError(f"--{flag} {path} lies below {existing}, which is a file, not a folder.")
         if not os.access(existing, os.W_OK | os.X_OK):
@@ -203,10 +209,7 @@ def check_free_space(config, weights):
     weight): a full disk found later fails deep inside h5py."""
     needed = BYTES_PER_WEIGHT * int(weights)
     for flag, path in (("workdir", config.workdir), ("output", config.output)):
-        existing = os.path.abspath(path)
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        free = shutil.disk_usage(existing).free
+        free = shutil.disk_usage(_nearest_existing(path)).free
         if free < needed:
             raise ValueError(
                 f"--{flag} {path}: {free / 2**20:,.0f} MiB free on its file system, and the run "
