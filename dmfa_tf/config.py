@@ -189,24 +189,17 @@ class TrainConfig:
         defaults = dict(DATASET_DEFAULTS.get(self.dataset, {}))
         defaults.setdefault("objective", "nll")
 
-        def given(keys):  # set, and not to what resolution fills in (idempotent)
-            return [k for k in keys if values.get(k) is not None and values[k] != defaults.get(k)]
+        def given(keys, where):  # set, and not to what resolution fills in (idempotent)
+            keys = [k for k in keys if values.get(k) is not None and values[k] != defaults.get(k)]
+            if keys:
+                flags = ", ".join("--" + k.replace("_", "-") for k in keys)
+                problems.append(f"{flags} appl{'ies' if len(keys) == 1 else 'y'} {where}")
 
         problems = []
         if self.model == "mfa":
-            given = given(DMFA_ONLY)
-            if given:
-                problems.append(
-                    f"{', '.join('--' + k.replace('_', '-') for k in given)} appl"
-                    f"{'ies' if len(given) == 1 else 'y'} to DMFA networks, not to --model=mfa"
-                )
+            given(DMFA_ONLY, "to DMFA networks, not to --model=mfa")
         else:
-            given = given(("mfa_components", "mfa_factors"))
-            if given:
-                problems.append(
-                    f"{', '.join('--' + k.replace('_', '-') for k in given)} appl"
-                    f"{'ies' if len(given) == 1 else 'y'} to --model=mfa only"
-                )
+            given(("mfa_components", "mfa_factors"), "to --model=mfa only")
         if self.dataset != "celeb_a" and self.crop != "paper":
             problems.append(f"--crop applies to celeb_a only, not to {self.dataset}")
         if problems:
