@@ -28,6 +28,7 @@ def parse_args(argv=None):
         "dataset": sorted(DATASET_DEFAULTS),
         "architecture": ["fullconv", "linear_heads", "mlp"],
         "strategy": list(STRATEGIES),
+        "factor_activation": ["sigmoid", "tanh", "linear"],
         "variance_activation": ["sigmoid", "softplus"],
         "dequantize": list(DEQUANTIZE),
         "nonfinite": ["error", "absent"],
@@ -59,6 +60,8 @@ def parse_args(argv=None):
         "batch_size": "global batch size (default 64)",
         "learning_rate": "Adam learning rate (default 1e-3)",
         "factor_amplitude": "a in A = a*sigmoid(z) - a/2 (default per architecture)",
+        "factor_activation": "A = a*sigmoid(z) - a/2 (the paper's, default), a/2*tanh(z), "
+        "or linear: A = z, unbounded (no saturated factors)",
         "variance_floor": "smallest variance d (default: linear_heads 1e-10, others 1e-4)",
         "variance_activation": "d = floor + sigmoid(z) or floor + softplus(z)",
         "dequantize": "fit the density to dequantized pixels x + (v - 1/2)/255, v ~ U(0, 1): "
@@ -138,6 +141,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     config, quiet = parse_args(argv)
+    if config.strategy == "multi_worker":
+        # Collective ops are configured when the strategy is made, which must
+        # come before TensorFlow runs anything (loading data does).
+        from dmfa_tf.training import make_strategy
+
+        try:
+            make_strategy(config.strategy)
+        except (ValueError, RuntimeError) as error:
+            print(f"train.py: error: --strategy=multi_worker: {error}", file=sys.stderr)
+            return 2
     from dmfa_tf.training import train_and_evaluate
 
     try:

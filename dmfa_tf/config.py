@@ -117,6 +117,7 @@ class TrainConfig:
     learning_rate: float = None
     lr_schedule: str = "constant"  # "constant" or "cosine" (decays to 1% over the run)
     factor_amplitude: float = None
+    factor_activation: str = "sigmoid"  # "sigmoid" (the paper's), "tanh" or "linear"
     variance_floor: float = None
     variance_activation: str = "sigmoid"
     # Fit the density to dequantized targets (dmfa_tf.dequantization): "off" (default),

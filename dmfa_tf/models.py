@@ -379,6 +379,44 @@ class DMFAModel(keras.Model):
                 self._sync_fused_optimizer()
         return super().fit(*args, **kwargs)
 
+    def _multi_worker(self):
+        return isinstance(
+            getattr(self, "_distribute_strategy", None), tf.distribute.MultiWorkerMirroredStrategy
+        )
+
+    def _reducible_logs(self, logs):
+        # Keras (3.15) reduces each replica's logs with `strategy.reduce("MEAN",
+        # value, axis=0)` under MultiWorkerMirroredStrategy, which fails on the
+        # scalar metric values ("Invalid reduction dimension 0"): give them a
+        # leading axis of one. The reduced value is the mean over replicas.
+        if self._multi_worker():
+            return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
+
+    def train_step(self, data):
+        return self._reducible_logs(super().train_step(data))
+
+    def test_step(self, data):
+        return self._reducible_logs(super().test_step(data))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (3.15) peeks at one batch to build the metrics and reduces it
+        # with a single `strategy.reduce` over the whole `{"image", "mask"}`
+        # dict, which MultiWorkerMirroredStrategy refuses ("Attempt to convert
+        # a value ({'image': PerReplica ...}) to a Tensor"; keras-team/keras
+        # #20585). Reduce each tensor on its own instead; only shapes matter.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and self._multi_worker():
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda value: strategy.reduce("MEAN", value, axis=None)
+                    if isinstance(value, tf.distribute.DistributedValues) else value,
+                    next(batches),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def get_compile_config(self):
         # Keras records the resolved `jit_compile`; record "auto" when that was
         # asked for, so a loaded model decides again on its new machine.

@@ -62,12 +62,32 @@ def make_absent(images, spec, seed):
     return np.where(absent, np.float32(np.nan), images).astype(np.float32), float(absent.mean())
 
 
+_STRATEGIES = {}  # one instance per name and process: see `make_strategy`
+
+
 def make_strategy(name):
-    """The `tf.distribute` strategy called `name` (see `config.STRATEGIES`)."""
+    """The `tf.distribute` strategy called `name` (see `config.STRATEGIES`).
+
+    Each is made once per process and then reused: two instances of a
+    collective strategy in one process would share collective keys, and a
+    multi-worker strategy must exist before TensorFlow runs anything
+    (`train.py` makes it first thing).
+    """
+    if name not in _STRATEGIES:
+        _STRATEGIES[name] = _new_strategy(name)
+    return _STRATEGIES[name]
+
+
+def _new_strategy(name):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # Every GPU; without GPUs, every CPU device (one unless logical CPU
+        # devices were configured, as the tests do to run two replicas).
+        if tf.config.list_logical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus)
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
@@ -81,16 +101,48 @@ def make_strategy(name):
     raise ValueError(f"Unknown strategy {name!r}.")
 
 
+def worker_index(strategy):
+    """None for the process that writes the outputs (the chief of a
+    multi-worker run, or the only process); else the worker's index in
+    TF_CONFIG (`task.index`)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return None
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return None if (task_type == "worker" and task_id == 0 and not has_chief) else int(task_id)
+
+
 def training_data(images, mask, batch_size, seed, nonfinite="error"):
     """An endless, shuffled, masked, batched data set of `{"image", "mask"}`.
 
     The shuffle order and the masks are seeded; masks are drawn per element of
-    the endless stream, so every epoch sees new masks. `nonfinite="absent"`
-    makes NaN / inf pixels absent (mask -1: neither seen nor scored), which
-    trains on incomplete images (`masks.with_masks`).
+    the endless stream, so every epoch sees new masks. Pass `e` of the stream
+    is the permutation `stateless_shuffle(range(n), seed=(seed, e))`: the
+    stream is the same however many iterators are made of it (a
+    `tf.distribute` strategy makes its own, and a stateful `shuffle` would
+    then give each replica set another order). `nonfinite="absent"` makes
+    NaN / inf pixels absent (mask -1: neither seen nor scored), which trains
+    on incomplete images (`masks.with_masks`).
     """
-    data = tf.data.Dataset.from_tensor_slices(np.asarray(images, np.float32))
-    data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
+    images = np.asarray(images, np.float32)
+    count = len(images)
+    if count == 0:
+        raise ValueError("`training_data` got no images.")
+
+    def permutation(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+        )
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    table = tf.convert_to_tensor(images)
+    # An endless stream of indices, pass after pass, then each image by index.
+    data = tf.data.Dataset.counter().flat_map(permutation)
+    data = data.map(lambda index: tf.gather(table, index), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True)
     data = masks_lib.with_masks(data, mask, seed + TRAIN_MASK_OFFSET, nonfinite=nonfinite)
     return data.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
@@ -275,30 +327,36 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     published, so a failure while scoring or saving loses no training.
     """
 
-    def __init__(self, backup_dir):
+    def __init__(self, backup_dir, restore_dir=None):
+        """`restore_dir`: where a run resumes from (default `backup_dir`). The
+        workers of a multi-worker run other than the chief write their backup
+        into a folder of their own and resume from the chief's, so that every
+        worker resumes at the same epoch with the same weights."""
         super().__init__(backup_dir, delete_checkpoint=False)
         self._pointer = os.path.join(backup_dir, "latest")
-        self._use(self._latest())
+        self._restore_dir = restore_dir or backup_dir
+        self._use(self._latest(), self._restore_dir)
 
-    def _latest(self):
-        """The folder named by `latest`, if it is complete; else None."""
+    def _latest(self, folder=None):
+        """The backup named by `<folder>/latest` (default: the restore
+        folder), if it is complete; else None."""
+        folder = folder or self._restore_dir
         try:
-            with open(self._pointer) as f:
+            with open(os.path.join(folder, "latest")) as f:
                 name = f.read().strip()
         except OSError:
             return None
-        folder = os.path.join(self.backup_dir, name)
-        return name if name and os.path.isdir(folder) else None
+        return name if name and os.path.isdir(os.path.join(folder, name)) else None
 
-    def _use(self, name):
-        # No pointer: Keras's own layout (files in backup_dir itself), as left by
+    def _use(self, name, base):
+        # No pointer: Keras's own layout (files in the folder itself), as left by
         # an interrupted run of an older dmfa_tf, is read if it is there.
-        folder = self.backup_dir if name is None else os.path.join(self.backup_dir, name)
+        folder = base if name is None else os.path.join(base, name)
         self._weights_path = os.path.join(folder, "latest.weights.h5")
         self._training_metadata_path = os.path.join(folder, "training_metadata.json")
 
     def _load_model(self):
-        self._use(self._latest())
+        self._use(self._latest(), self._restore_dir)
         super()._load_model()
 
     def _save_model(self):
@@ -306,7 +364,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         folder = os.path.join(self.backup_dir, name)
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
-        self._use(name)
+        self._use(name, self.backup_dir)
         super()._save_model()  # weights and metadata into the new folder
         partial = f"{self._pointer}.partial-{os.getpid()}"
         with open(partial, "w") as f:
@@ -450,14 +508,20 @@ def _check_resume(config):
     _write_json_atomically(settings_path, json.loads(config.to_json()))
 
 
-def _callbacks(config, verbose):
-    """The run's callbacks, and its `BestEpoch` (None with `select="last"`)."""
-    workdir = config.workdir
+def _callbacks(config, verbose, worker_dir=None):
+    """The run's callbacks, and its `BestEpoch` (None with `select="last"`).
+
+    `worker_dir`: a worker of a multi-worker run other than the chief writes
+    its checkpoints, backup and logs there (`<workdir>/worker-<index>`), and
+    resumes from the chief's backup.
+    """
+    workdir = worker_dir or config.workdir
     checkpoints = os.path.join(workdir, "checkpoints")
     backup = os.path.join(workdir, "backup")
+    restore = os.path.join(config.workdir, "backup")
     os.makedirs(checkpoints, exist_ok=True)
     # A backup means BackupAndRestore continues an interrupted run: keep its best.
-    resume = os.path.isdir(backup)
+    resume = os.path.isdir(restore)
     selector = None
     callbacks = []
     if parse_select(config.select):
@@ -471,7 +535,7 @@ def _callbacks(config, verbose):
     if not resume and os.path.exists(log):  # a finished run's log: kept, not appended to
         os.replace(log, os.path.join(workdir, "log.previous.csv"))
     callbacks += [
-        AtomicBackupAndRestore(backup),
+        AtomicBackupAndRestore(backup, restore_dir=restore),
         keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "last.keras")),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(log, append=True),
@@ -514,11 +578,18 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         callbacks: Keras callbacks to add to the run's own.
 
     Returns:
-        The metrics dict also written to `<output>/metrics.json`.
+        The metrics dict also written to `<output>/metrics.json`. A worker of
+        a multi-worker run other than the chief (see `worker_index`) trains
+        its share, writes nothing outside `<workdir>/worker-<index>/`, and
+        returns `{"worker": index, "train_seconds": ...}`.
     """
     started = time.time()
     config = config.resolved()
-    check_output_paths(config.output, config.workdir)  # before any work
+    # A multi-worker strategy must exist before TensorFlow runs anything.
+    strategy = make_strategy(config.strategy)
+    worker = worker_index(strategy)  # None: this process writes the outputs
+    if worker is None:
+        check_output_paths(config.output, config.workdir)  # before any work
     keras.utils.set_random_seed(config.seed)
     data = datasets.load(
         config.dataset,
@@ -540,7 +611,8 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             config, data, train_images, test_images, test_mask, started, verbose, command
         )
 
-    _check_resume(config)
+    if worker is None:
+        _check_resume(config)
     absent_share = None
     if config.train_absent is not None:
         train_images, absent_share = make_absent(train_images, config.train_absent, config.seed)
@@ -554,7 +626,6 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             )
         if config.nonfinite == "absent":
             absent_share = nonfinite_count / max(1, np.size(train_images))
-    strategy = make_strategy(config.strategy)
     architecture_kwargs = width_kwargs(config.architecture, config.width)
     with strategy.scope():
         model = build_model(
@@ -563,6 +634,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             components=config.components,
             factors=config.factors,
             factor_amplitude=config.factor_amplitude,
+            factor_activation=config.factor_activation,
             variance_floor=config.variance_floor,
             variance_activation=config.variance_activation,
             **architecture_kwargs,
@@ -601,7 +673,8 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             f"{config.batch_size}, on {hardware_description()}."
         )
     train_started = time.time()
-    run_callbacks, selector = _callbacks(config, verbose)
+    worker_dir = None if worker is None else os.path.join(config.workdir, f"worker-{worker}")
+    run_callbacks, selector = _callbacks(config, verbose, worker_dir)
     train_stream = training_data(
         train_images, train_mask, config.batch_size, config.seed, nonfinite=config.nonfinite
     )
@@ -625,6 +698,12 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             "--learning-rate or a larger variance floor; nothing was saved to "
             f"{config.output}."
         )
+    if worker is not None:
+        # Only the chief scores and writes the model; this worker's part is done.
+        shutil.rmtree(os.path.join(worker_dir, "backup"), ignore_errors=True)
+        if verbose:
+            print(f"Worker {worker}: training done; the chief scores and saves the model.")
+        return {"worker": worker, "train_seconds": round(train_seconds, 1)}
     selection = _select_epoch(
         model, selector, config,
         f"the validation split ({len(data.val):,} images, masks {test_mask.spec()}, "

@@ -182,9 +182,62 @@ def test_ctrl_c_prints_how_to_resume(tmp_path, monkeypatch, capsys):
     assert "interrupted. Run the same command again" in err and str(tmp_path / "work" / "backup") in err
 
 
-def test_mirrored_strategy_runs(tmp_path):
-    metrics = train_and_evaluate(_config(tmp_path, epochs=1, strategy="mirrored"), verbose=0)
-    assert np.isfinite(metrics["nll"]["mean"])
+MIRRORED_SCRIPT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+from dmfa_tf.config import TrainConfig
+from dmfa_tf.models import build_model
+from dmfa_tf.training import make_strategy, train_and_evaluate, training_data
+from dmfa_tf import datasets
+
+out = {}
+images = datasets.load("digits", verbose=0).train[:192]
+for name in ("default", "mirrored"):
+    # model.fit with plain SGD: each replica's loss must be scaled by 1/2, or
+    # the summed gradient (and so the weights) would be twice the one-device one.
+    strategy = make_strategy(name)
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = build_model((8, 8, 1), architecture="mlp", hidden=(32, 32), components=2, factors=2)
+        model.compile(keras.optimizers.SGD(0.05), jit_compile=False)
+    model.fit(training_data(images, "4x4", 64, 0), steps_per_epoch=3, epochs=1, verbose=0)
+    out[name] = {
+        "replicas": strategy.num_replicas_in_sync,
+        "weights": [w.tolist() for w in model.get_weights()],
+        "metrics": train_and_evaluate(TrainConfig(
+            dataset="digits", epochs=2, max_train_images=256, max_test_images=64,
+            strategy=name, jit_compile="false",
+            output=sys.argv[1] + "/" + name + "/out", workdir=sys.argv[1] + "/" + name + "/work",
+        ), verbose=0),
+    }
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_replicas_equals_one_device(tmp_path):
+    # Two logical CPU devices (set before TensorFlow starts: a fresh process)
+    # make MirroredStrategy run two replicas, each on half of every batch.
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT"):])
+    one, two = out["default"], out["mirrored"]
+    assert one["replicas"] == 1 and two["replicas"] == 2
+    for a, b in zip(one["weights"], two["weights"]):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+    # train.py's whole run: the same test scores from both.
+    for key in ("nll", "mse"):
+        np.testing.assert_allclose(
+            two["metrics"][key]["mean"], one["metrics"][key]["mean"], rtol=1e-4, atol=1e-4
+        )
 
 
 def test_a_few_hundred_steps_on_real_mnist_lower_the_test_nll(tmp_path, shared_data):
@@ -664,3 +717,108 @@ def test_train_py_killed_at_any_moment_finishes_on_rerun(tmp_path):
         assert {row["epoch"] for row in csv.DictReader(f)} <= {str(e) for e in range(6)}
     assert not (tmp_path / "work" / "backup").exists()
     assert not [p for p in os.listdir(tmp_path) if ".partial-" in p or ".old-" in p]
+
+
+def _free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _start_workers(tmp_path, flags, ports, tag):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    workers = [f"127.0.0.1:{port}" for port in ports]
+    processes = []
+    for index in range(len(ports)):
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        ))
+        log = open(tmp_path / f"{tag}-worker{index}.log", "w")
+        processes.append(subprocess.Popen(
+            [sys.executable, os.path.join(repo, "train.py"), *flags, "--strategy=multi_worker"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=repo,
+        ))
+    return processes
+
+
+def _wait_all(processes, timeout):
+    codes = []
+    for process in processes:
+        try:
+            codes.append(process.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            codes.append("timeout")
+    return codes
+
+
+@pytest.mark.slow
+def test_two_local_workers_train_like_one_process_and_resume_after_a_kill(tmp_path):
+    import time
+
+    common = ["--dataset=digits", "--max-train-images=512", "--max-test-images=64",
+              "--jit-compile=false", "--quiet"]
+    # One process, the same global batch (64): the reference.
+    single = train_and_evaluate(TrainConfig(
+        dataset="digits", epochs=3, max_train_images=512, max_test_images=64,
+        jit_compile="false", output=str(tmp_path / "single" / "out"),
+        workdir=str(tmp_path / "single" / "work"),
+    ), verbose=0)
+
+    # Two workers on loopback: the same scores; only the chief (worker 0) writes.
+    out, work = tmp_path / "mw" / "out", tmp_path / "mw" / "work"
+    flags = common + ["--epochs=3", f"--output={out}", f"--workdir={work}"]
+    codes = _wait_all(_start_workers(tmp_path, flags, _free_ports(2), "run"), timeout=300)
+    logs = "".join((tmp_path / f"run-worker{i}.log").read_text()[-2000:] for i in range(2))
+    assert codes == [0, 0], logs
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("nll", "mse"):
+        np.testing.assert_allclose(metrics[key]["mean"], single[key]["mean"], rtol=1e-4, atol=1e-4)
+    assert sorted(os.listdir(tmp_path / "mw")) == ["out", "work"]  # nothing else written
+    assert not (work / "worker-1" / "backup").exists()  # the worker's own backup, cleaned up
+
+    # Kill worker 1 once the chief has backed up an epoch, stop the chief (a
+    # collective cannot finish without its peer), and start both again: they
+    # continue from the chief's backup and finish.
+    out2, work2 = tmp_path / "kill" / "out", tmp_path / "kill" / "work"
+    flags = common + ["--epochs=30", f"--output={out2}", f"--workdir={work2}"]
+    processes = _start_workers(tmp_path, flags, _free_ports(2), "killed")
+    pointer = work2 / "backup" / "latest"
+    deadline = time.time() + 240
+    while not pointer.exists() and time.time() < deadline and processes[0].poll() is None:
+        time.sleep(0.2)
+    assert pointer.exists(), (tmp_path / "killed-worker0.log").read_text()[-2000:]
+    processes[1].kill()
+    processes[0].kill()
+    _wait_all(processes, timeout=60)
+    assert not (out2 / "model.keras").exists()
+    resumed_from = int(pointer.read_text().strip().split("-")[1])  # epochs done
+    assert 1 <= resumed_from < 30
+    codes = _wait_all(_start_workers(tmp_path, flags, _free_ports(2), "resumed"), timeout=300)
+    logs = "".join((tmp_path / f"resumed-worker{i}.log").read_text()[-2000:] for i in range(2))
+    assert codes == [0, 0], logs
+    rows = list(csv.DictReader(open(work2 / "log.csv")))
+    epochs = [int(row["epoch"]) for row in rows]
+    # The second start began at the backed-up epoch, not at 0, and ran to the end.
+    assert epochs.count(0) == 1 and epochs[-1] == 29
+    assert epochs[-(30 - resumed_from):] == list(range(resumed_from, 30))
+    assert json.loads((out2 / "metrics.json").read_text())["selection"]["epochs"] == 30
+
+
+def test_factor_activation_flag_reaches_the_head(tmp_path):
+    import train
+
+    config, _ = train.parse_args(["--factor-activation=linear"])
+    assert config.factor_activation == "linear"
+    assert train.parse_args([])[0].factor_activation == "sigmoid"
+    with pytest.raises(SystemExit):
+        train.parse_args(["--factor-activation=relu"])
+    train_and_evaluate(_config(tmp_path, epochs=1, factor_activation="linear"), verbose=0)
+    model = keras.saving.load_model(tmp_path / "saved" / "digits" / "model.keras")
+    assert model.head.factor_activation == "linear"
