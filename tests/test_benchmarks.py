@@ -151,3 +151,33 @@ def test_bench_quality_tiny(tmp_path, capsys):
     assert json.loads(out.read_text()) == rows
     assert (tmp_path / "models" / "mlp_hidden_16_16_batch_16" / "model.keras").exists()
     assert "| `mlp hidden=(16,16) batch=16` |" in capsys.readouterr().out
+
+
+def test_calibration_scaling_measures_the_model_it_rescales(tmp_path):
+    # On the shipped digits model: the NLL "before" any rescaling is the model's
+    # own, as evaluation.score computes it on the same images and masks.
+    import numpy as np
+
+    from dmfa_tf import datasets, evaluation
+
+    spec = importlib.util.spec_from_file_location(
+        "calibration_scaling", SCRIPT.parent / "calibration_scaling.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model_dir = Path(__file__).resolve().parents[1] / "saved_models" / "digits"
+    result = module.main([
+        f"--model={model_dir}", "--dataset=digits", "--hole=4x4", "--images=40", "--steps=20",
+        "--json", str(tmp_path / "out.json"),
+    ])
+    import keras
+
+    model = keras.saving.load_model(model_dir / "model.keras")
+    images = datasets.load("digits", verbose=0, splits=("val",)).val[:40]
+    scores = evaluation.score(model, images, "4x4", seed=0)
+    np.testing.assert_allclose(result["before"]["nll"], np.mean(scores["nll"][20:]), rtol=1e-4)
+    assert np.shape(result["alpha"]) == (model.num_components, model.num_factors)
+    assert result["fit_nll_after"] < result["fit_nll_before"]  # the fit half's NLL went down
+    for row in (result["before"], result["after"]):
+        assert 0 <= row["coverage_50"] <= row["coverage_90"] <= 1
+    assert json.loads((tmp_path / "out.json").read_text())["held_out_images"] == 20
