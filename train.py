@@ -29,6 +29,7 @@ def parse_args(argv=None):
         "architecture": ["fullconv", "linear_heads", "mlp"],
         "strategy": list(STRATEGIES),
         "factor_activation": ["sigmoid", "tanh", "linear"],
+        "precision": ["auto", "float32", "mixed_bfloat16"],
         "variance_activation": ["sigmoid", "softplus"],
         "dequantize": list(DEQUANTIZE),
         "nonfinite": ["error", "absent"],
@@ -64,6 +65,10 @@ def parse_args(argv=None):
         "or linear: A = z, unbounded (no saturated factors)",
         "variance_floor": "smallest variance d (default: linear_heads 1e-10, others 1e-4)",
         "variance_activation": "d = floor + sigmoid(z) or floor + softplus(z)",
+        "precision": "the backbone's arithmetic: auto (default: mixed_bfloat16 for fullconv and "
+        "linear_heads on a machine without GPU whose CPU has bfloat16 instructions, else float32), float32, or "
+        "mixed_bfloat16 (bfloat16 layers, float32 weights; the head, the density and "
+        "exports stay float32)",
         "dequantize": "fit the density to dequantized pixels x + (v - 1/2)/255, v ~ U(0, 1): "
         "off (default), auto (on for 8-bit data, values k/255, such as MNIST and CelebA; "
         "nothing to do for other data) or on",

@@ -10,7 +10,8 @@ process, so that its peak resident memory (RSS) is its own:
 | `plain` | plain Keras: `compile(Adam, jit_compile=False, fuse_optimizer=False)` |
 | `fused` | `compile(Adam, jit_compile=False)`: Adam's update in one kernel |
 | `xla` | `compile(Adam, jit_compile=True)`: the whole step compiled by XLA |
-| `default` | `compile(Adam)`: what `build_model -> compile -> fit` and `train.py` do |
+| `default` | what `train.py` does: `build_model(..., precision="auto")` (bfloat16 where `models.CPU_BF16` says so, on CPUs that have it), then `compile(Adam)`; with `build_model`'s own default, float32, this is the user-written path `build_model -> compile -> fit` |
+| `bf16` | `build_model(..., precision="mixed_bfloat16")`, then `compile(Adam)`: the backbone computes in bfloat16 (oneDNN's kernels; `auto` leaves XLA off for it on CPU), the head and the density in float32 |
 
 It prints, per case and path: images per second and the median step (over the
 steps after the warm-up), the first step (tracing, and compiling under XLA),
@@ -27,7 +28,9 @@ where FLOPs counts the convolutions and dense layers (forward, and twice that
 backward) and bytes is a lower bound on the traffic of the weights: read in
 the forward and in the backward pass, the gradient written once, then Adam's
 4 reads (weights, m, v, gradient) and 3 writes (weights, m, v), 10 passes in
-all. "Share of limit" is that bound over the measured median step.
+all. "Share of limit" is that bound over the measured median step. The bound
+uses float32's matmul speed, so the `bf16` path, whose convolutions and
+matmuls run in bfloat16, can exceed 100%.
 
 Usage, from the repository root (about 15 minutes on 2 CPU cores):
 
@@ -54,7 +57,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PATHS = ("plain", "fused", "xla", "default")
+PATHS = ("plain", "fused", "xla", "default", "bf16")
 
 # architecture:HxWxC:batch[:width]
 DEFAULT_CASES = (
@@ -87,12 +90,12 @@ class Case:
         if len(self.shape) != 3 or min(self.shape) < 1 or self.batch < 1:
             raise ValueError(f"Bad shape or batch in case {text!r}")
 
-    def build(self, components=1, factors=4):
+    def build(self, components=1, factors=4, precision="float32"):
         from dmfa_tf.models import build_model, width_kwargs
 
         return build_model(
             self.shape, self.architecture, components=components, factors=factors,
-            **width_kwargs(self.architecture, self.width),
+            precision=precision, **width_kwargs(self.architecture, self.width),
         )
 
 
@@ -209,12 +212,14 @@ class Worker:
         keras.utils.set_random_seed(0)
         self.case = case
         self.path = path
-        self.model = model = case.build()
+        precision = {"bf16": "mixed_bfloat16", "default": "auto"}.get(path, "float32")
+        self.model = model = case.build(precision=precision)
         kwargs = {
             "plain": dict(jit_compile=False, fuse_optimizer=False),
             "fused": dict(jit_compile=False),
             "xla": dict(jit_compile=True),
             "default": {},
+            "bf16": {},
         }[path]
         model.compile(keras.optimizers.Adam(learning_rate), **kwargs)
         self.jit = bool(model.jit_compile)
@@ -227,6 +232,8 @@ class Worker:
         self.data = tf.data.Dataset.from_tensors({"image": image, "mask": mask}).repeat()
 
     def info(self):
+        from dmfa_tf.models import precision_of
+
         weights = int(self.model.count_params())
         return {
             "case": self.case.text,
@@ -234,6 +241,7 @@ class Worker:
             "jit_compile": self.jit,
             "fused_optimizer": self.fused,
             "weights": weights,
+            "precision": precision_of(self.model),
             "weight_bytes": 4 * weights,
             "forward_flops_per_image": forward_flops(self.model),
             "peak_rss_mb": peak_rss_mb(),
@@ -401,20 +409,22 @@ def add_limits(row, machine, batch):
 
 def format_table(rows):
     lines = [
-        "| case | path | XLA | fused Adam | img/s | median step ms [q25, q75] | first step s "
+        "| case | path | XLA | fused Adam | bfloat16 | img/s | median step ms [q25, q75] | first step s "
         "| peak RSS MB | share of limit | vs plain |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     plain = {r["case"]: r for r in rows if r.get("path") == "plain" and "error" not in r}
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['case']} | {r['path']} | error: {r['error']} |||||||| ")
+            lines.append(f"| {r['case']} | {r['path']} | error: {r['error']} ||||||||| ")
             continue
         base = plain.get(r["case"])
         ratio = f"{base['median_step_s'] / r['median_step_s']:.2f}x" if base else "n/a"
         lines.append(
             f"| {r['case']} | {r['path']} | {'yes' if r['jit_compile'] else 'no'} | "
-            f"{'yes' if r['fused_optimizer'] else 'no'} | {r['images_per_s']:.1f} | "
+            f"{'yes' if r['fused_optimizer'] else 'no'} | "
+            f"{'yes' if r.get('precision', 'float32') != 'float32' else 'no'} | "
+            f"{r['images_per_s']:.1f} | "
             f"{1000 * r['median_step_s']:.1f} [{1000 * r['q25_step_s']:.1f}, "
             f"{1000 * r['q75_step_s']:.1f}] | {r['first_step_s']:.2f} | "
             f"{r['peak_rss_mb']:.0f} | {100 * r['share_of_limit']:.0f}% | {ratio} |"

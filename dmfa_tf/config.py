@@ -120,6 +120,9 @@ class TrainConfig:
     factor_activation: str = "sigmoid"  # "sigmoid" (the paper's), "tanh" or "linear"
     variance_floor: float = None
     variance_activation: str = "sigmoid"
+    # The backbone's arithmetic: "auto" (bfloat16 on CPUs that have it, else float32),
+    # "float32" or "mixed_bfloat16" (dmfa_tf.models.build_model, resolve_precision)
+    precision: str = "auto"
     # Fit the density to dequantized targets (dmfa_tf.dequantization): "off" (default),
     # "auto" (8-bit data, values k/255: yes; other data: nothing to do) or "on" (8-bit
     # data only)

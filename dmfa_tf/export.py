@@ -68,6 +68,7 @@ from dmfa_tf.distribution import (
     unflatten_images,
 )
 from dmfa_tf.layers import ObservedInput
+from dmfa_tf.models import float32_copy
 
 __all__ = [
     "QUANTIZATIONS",
@@ -455,6 +456,7 @@ def export_saved_model(
         FileExistsError: `version` already exists under `path`.
         ValueError: a bad argument, or a model without the common interface.
     """
+    model = float32_copy(model)  # TFLite has no bfloat16 kernels; serving computes in float32
     image_shape = model_image_shape(model, image_shape)
     quantize = _check_quantize(quantize)
     if quantize and not tflite:
@@ -562,6 +564,7 @@ def export_tflite(model, path, quantize=None, image_shape=None, overwrite=False)
         RuntimeError: the converted file holds an operator that is not a TFLite
             builtin (which would need the Flex delegate).
     """
+    model = float32_copy(model)  # TFLite has no bfloat16 kernels; serving computes in float32
     image_shape = model_image_shape(model, image_shape)
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(

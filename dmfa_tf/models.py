@@ -122,6 +122,42 @@ def width_kwargs(architecture, width):
     )
 
 
+PRECISIONS = ("float32", "mixed_bfloat16", "auto")
+
+
+def cpu_has_bfloat16():
+    """Whether this CPU has bfloat16 arithmetic that oneDNN uses (the Linux
+    `avx512_bf16` or `amx_bf16` flags); False where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+# `precision="auto"` on a CPU with bfloat16 arithmetic, per architecture, from
+# benchmarks/bench_training.py and bench_quality.py (README, "Speed").
+CPU_BF16 = {"fullconv": True, "linear_heads": True, "mlp": False}
+
+
+def resolve_precision(precision, architecture="fullconv"):
+    """`"auto"` made concrete: `"mixed_bfloat16"` for the architectures where
+    it was measured to pay (`CPU_BF16`: the U-Net and the paper's network;
+    the width-16 U-Net trained 1.8x the images per second of float32 with
+    XLA, and a better model in the same minutes) on a machine without a GPU whose CPU has bfloat16 arithmetic,
+    else `"float32"` (GPUs are not measured here). Other values are returned
+    as they are."""
+    if precision != "auto":
+        return precision
+    if not CPU_BF16.get(architecture, False) or tf.config.list_physical_devices("GPU"):
+        return "float32"
+    return "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
+
+
 # `jit_compile="auto"` on CPU, per architecture, from benchmarks/bench_training.py
 # (README, "Speed"): XLA where the whole step, compile time included, is faster.
 CPU_XLA = {"linear_heads": True, "fullconv": True, "mlp": False}
@@ -180,7 +216,41 @@ def auto_jit_compile(model):
         return False
     if any(d.device_type != "CPU" for d in tf.config.list_physical_devices()):
         return True
+    if precision_of(model) != "float32":
+        return False  # XLA's CPU code does not use oneDNN's bfloat16 kernels
     return CPU_XLA.get(architecture_of(model), False)
+
+
+def float32_copy(model):
+    """`model` itself if it computes in float32; else an uncompiled copy with
+    the same (float32) weights whose every layer computes in float32. Exports
+    use it: TFLite has no bfloat16 kernels."""
+    if precision_of(model) == "float32":
+        return model
+
+    def to_float32(value):
+        if isinstance(value, dict):
+            if value.get("class_name") == "DTypePolicy" and value.get("config", {}).get(
+                "name"
+            ) != "float32":
+                return "float32"
+            return {key: to_float32(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [to_float32(item) for item in value]
+        return "float32" if value == "mixed_bfloat16" else value
+
+    copy = model.__class__.from_config(to_float32(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def precision_of(model):
+    """`"mixed_bfloat16"` if some layer of `model` computes in bfloat16, else
+    `"float32"` (see `build_model`'s `precision`)."""
+    for layer in getattr(model, "layers", ()):
+        if getattr(layer, "compute_dtype", "float32") == "bfloat16":
+            return "mixed_bfloat16"
+    return "float32"
 
 
 def build_model(
@@ -193,6 +263,7 @@ def build_model(
     variance_floor=None,
     variance_activation="sigmoid",
     name=None,
+    precision="float32",
     **architecture_kwargs,
 ):
     """Builds a DMFA network.
@@ -209,6 +280,13 @@ def build_model(
             architecture's default.
         variance_activation: `"sigmoid"` or `"softplus"`.
         name: the model's name (default `dmfa_<architecture>`).
+        precision: `"float32"` (default), `"mixed_bfloat16"` or `"auto"`
+            (`resolve_precision`). Mixed: the backbone's
+            layers compute in bfloat16 (weights kept in float32), while the
+            input layer, the mixture head and the density stay float32. On
+            CPUs with AVX512-BF16 / AMX, oneDNN runs bfloat16 convolutions and
+            matmuls about 1.5-2x faster (README, "Speed"); XLA on CPU does not,
+            so `jit_compile="auto"` leaves it off for such a model.
         **architecture_kwargs: `last_channels` (linear_heads), `width` and
             `depth` (fullconv), `hidden` (mlp).
 
@@ -225,9 +303,18 @@ def build_model(
             "`image_shape` must be (height, width, channels), positive integers. "
             f"Received: image_shape={image_shape!r}"
         )
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"`precision` must be one of {PRECISIONS}. Received: precision={precision!r}"
+        )
+    precision = resolve_precision(precision, architecture)
     image = keras.Input(shape=image_shape, name="image")
     mask = keras.Input(shape=image_shape[:2] + (None,), name="mask")
     network_input = ObservedInput(name="observed_input")(image, mask)
+    # The backbone's layers take the dtype policy in force when they are made
+    # (and save it in their config); the head below is made after, in float32.
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
     try:
         features, head_class, defaults = ARCHITECTURES[architecture](
             network_input, image_shape, **architecture_kwargs
@@ -236,8 +323,11 @@ def build_model(
         raise ValueError(
             f"Bad option for architecture {architecture!r}: {error}"
         ) from None
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
     head = head_class(
         image_shape,
+        dtype="float32",
         components=components,
         factors=factors,
         factor_amplitude=defaults["factor_amplitude"]

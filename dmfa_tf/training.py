@@ -32,7 +32,7 @@ from dmfa_tf import masks as masks_lib
 from dmfa_tf.baselines import DiagonalGaussian
 from dmfa_tf.config import TrainConfig, parse_select
 from dmfa_tf.losses import Objective
-from dmfa_tf.models import build_model, width_kwargs
+from dmfa_tf.models import build_model, precision_of, width_kwargs
 
 __all__ = [
     "AtomicBackupAndRestore",
@@ -637,6 +637,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             factor_activation=config.factor_activation,
             variance_floor=config.variance_floor,
             variance_activation=config.variance_activation,
+            precision=config.precision,
             **architecture_kwargs,
         )
     model.objective = config.objective  # dmfa_tf.losses; the default is "nll"
@@ -662,7 +663,8 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     if verbose:
         print(
             f"Training {model.name} ({model.count_params():,} weights, K={config.components}, "
-            f"L={config.factors}, variance floor {model.head.variance_floor:g}"
+            f"L={config.factors}, variance floor {model.head.variance_floor:g}, "
+            f"{'bfloat16 backbone' if precision_of(model) != 'float32' else 'float32'}"
             + (f", dequantized targets (step 1/{round(1 / dequantization_step)})"
                if dequantization_step else "")
             + ") on "
@@ -729,6 +731,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             "factors": config.factors,
             "variance_floor": model.head.variance_floor,
             "weights": int(model.count_params()),
+            "precision": precision_of(model),
             "objective": config.objective,
             "objective_switch_epoch": config.objective_switch_epoch,
             "dequantization_step": dequantization_step,

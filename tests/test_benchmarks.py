@@ -105,12 +105,12 @@ def test_bench_training_tiny_run(tmp_path, capsys):
     bench = load_training_benchmark()
     out = tmp_path / "bench.json"
     results = bench.main([
-        "--cases", "mlp:6x6x1:4:8", "--paths", "plain", "default",
+        "--cases", "mlp:6x6x1:4:8", "--paths", "plain", "default", "bf16",
         "--rounds", "2", "--steps", "1", "--warmup", "1", "--json", str(out),
     ])
     printed = capsys.readouterr().out
     rows = {row["path"]: row for row in results["rows"]}
-    assert set(rows) == {"plain", "default"}
+    assert set(rows) == {"plain", "default", "bf16"}
     for row in rows.values():
         assert "error" not in row, row
         assert row["timed_steps"] == 2
@@ -118,6 +118,7 @@ def test_bench_training_tiny_run(tmp_path, capsys):
         assert 0 < row["share_of_limit"] < 1
     assert not rows["plain"]["jit_compile"] and not rows["plain"]["fused_optimizer"]
     assert rows["default"]["fused_optimizer"]  # mlp on CPU: no XLA, fused Adam
+    assert rows["bf16"]["fused_optimizer"] and not rows["bf16"]["jit_compile"]
     assert results["machine"]["bandwidth_gb_s"] > 0
     assert "| mlp:6x6x1:4:8 | default |" in printed
     assert json.loads(out.read_text())["rows"][0]["case"] == "mlp:6x6x1:4:8"

@@ -576,3 +576,20 @@ def test_training_exports_when_asked(tmp_path, capsys):
     version = tmp_path / "serving" / "digits" / "1"
     assert (version / "saved_model.pb").exists()
     assert f"Exported the SavedModel (TF Serving) to {version}" in capsys.readouterr().out
+
+
+def test_a_mixed_bfloat16_model_exports_its_float32_function(tmp_path):
+    # TFLite has no bfloat16 kernels: both exports compute in float32, with the
+    # trained (float32) weights, and match a float32 network built by hand.
+    model = dmfa_tf.build_model(SHAPE, "fullconv", width=4, components=2, factors=2,
+                                precision="mixed_bfloat16")
+    exact = dmfa_tf.build_model(SHAPE, "fullconv", width=4, components=2, factors=2)
+    exact.set_weights(model.get_weights())
+    path = export.export_saved_model(model, str(tmp_path / "bf16"), tflite=True)
+    loaded = tf.saved_model.load(path)
+    image, mask = _batch(SHAPE, seed=5)
+    outputs = {name: _call_signature(loaded.signatures, name, image, mask)
+               for name in export.SERVING_SIGNATURES}
+    _assert_matches(outputs, _reference(exact, image, mask), atol=1e-4, rtol=1e-4)
+    _assert_tflite_matches(_tflite_outputs(os.path.join(path, "model.tflite"), image, mask), outputs)
+    assert model.get_layer("enc0_conv0").compute_dtype == "bfloat16"  # the model is untouched

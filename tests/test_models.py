@@ -233,3 +233,39 @@ def test_nan_at_observed_pixel_is_an_error_and_at_missing_pixel_ignored():
 def test_build_model_errors(args, message):
     with pytest.raises(ValueError, match=message):
         dmfa_tf.build_model(**args)
+
+
+@pytest.mark.parametrize("architecture,options", [("fullconv", dict(width=8)), ("mlp", {})])
+def test_mixed_bfloat16_backbone_computes_the_float32_function(tmp_path, architecture, options):
+    from dmfa_tf import models
+
+    shape = (12, 12, 1)
+    fast = dmfa_tf.build_model(shape, architecture, components=2, factors=2,
+                               precision="mixed_bfloat16", **options)
+    exact = dmfa_tf.build_model(shape, architecture, components=2, factors=2, **options)
+    exact.set_weights(fast.get_weights())  # the weights are float32 in both
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left alone
+    dtypes = {layer.name: layer.compute_dtype for layer in fast.layers}
+    assert dtypes["mixture_head"] == "float32" and dtypes["observed_input"] == "float32"
+    assert "bfloat16" in dtypes.values()
+    assert all(w.dtype == "float32" for w in fast.weights)
+    assert models.precision_of(fast) == "mixed_bfloat16" and models.precision_of(exact) == "float32"
+    assert models.auto_jit_compile(fast) is False  # XLA on CPU has no oneDNN bfloat16
+
+    batch = _batch(shape, count=3)
+    image, mask = batch["image"], batch["mask"]
+    a, b = fast.mixture(image, mask), exact.mixture(image, mask)
+    assert a.dtype == tf.float32
+    x = np.reshape(image, (3, -1))
+    # bfloat16 keeps 8 bits of mantissa: the parameters agree to about 1%.
+    np.testing.assert_allclose(a.loc.numpy(), b.loc.numpy(), atol=0.02)
+    np.testing.assert_allclose(a.log_prob(x).numpy(), b.log_prob(x).numpy(), rtol=0.05, atol=1.0)
+
+    path = tmp_path / "m.keras"
+    fast.save(path)
+    loaded = keras.saving.load_model(path)
+    assert models.precision_of(loaded) == "mixed_bfloat16"
+    np.testing.assert_allclose(loaded.mixture(image, mask).log_prob(x).numpy(),
+                               a.log_prob(x).numpy(), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="precision.*float16"):
+        dmfa_tf.build_model(shape, architecture, precision="float16", **options)

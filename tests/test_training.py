@@ -811,7 +811,7 @@ def test_two_local_workers_train_like_one_process_and_resume_after_a_kill(tmp_pa
     assert json.loads((out2 / "metrics.json").read_text())["selection"]["epochs"] == 30
 
 
-def test_factor_activation_flag_reaches_the_head(tmp_path):
+def test_factor_activation_and_precision_flags_reach_the_model(tmp_path):
     import train
 
     config, _ = train.parse_args(["--factor-activation=linear"])
@@ -819,6 +819,21 @@ def test_factor_activation_flag_reaches_the_head(tmp_path):
     assert train.parse_args([])[0].factor_activation == "sigmoid"
     with pytest.raises(SystemExit):
         train.parse_args(["--factor-activation=relu"])
-    train_and_evaluate(_config(tmp_path, epochs=1, factor_activation="linear"), verbose=0)
+    assert train.parse_args(["--precision=mixed_bfloat16"])[0].precision == "mixed_bfloat16"
+    assert train.parse_args([])[0].precision == "auto"
+    from dmfa_tf import models
+
+    expected = "mixed_bfloat16" if models.cpu_has_bfloat16() else "float32"
+    assert models.resolve_precision("auto", "fullconv") == expected  # no GPU on these machines
+    assert models.resolve_precision("auto", "mlp") == "float32"
+    assert models.resolve_precision("float32") == "float32"
+    train_and_evaluate(
+        _config(tmp_path, epochs=1, factor_activation="linear", precision="mixed_bfloat16"),
+        verbose=0,
+    )
     model = keras.saving.load_model(tmp_path / "saved" / "digits" / "model.keras")
     assert model.head.factor_activation == "linear"
+    assert model.get_layer("hidden0").compute_dtype == "bfloat16"
+    assert model.head.compute_dtype == "float32"
+    metrics = json.loads((tmp_path / "saved" / "digits" / "metrics.json").read_text())
+    assert metrics["model"]["precision"] == "mixed_bfloat16"
