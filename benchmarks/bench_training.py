@@ -10,7 +10,7 @@ process, so that its peak resident memory (RSS) is its own:
 | `plain` | plain Keras: `compile(Adam, jit_compile=False, fuse_optimizer=False)` |
 | `fused` | `compile(Adam, jit_compile=False)`: Adam's update in one kernel |
 | `xla` | `compile(Adam, jit_compile=True)`: the whole step compiled by XLA |
-| `default` | what `train.py` does: `build_model(..., precision="auto")` (bfloat16 where `models.CPU_BF16` says so, on CPUs that have it), then `compile(Adam)`; with `build_model`'s own default, float32, this is the user-written path `build_model -> compile -> fit` |
+| `default` | what `build_model -> compile(Adam) -> fit` and `train.py` do: `precision="auto"` (bfloat16 where `models.CPU_BF16` says so, on CPUs that have it) |
 | `bf16` | `build_model(..., precision="mixed_bfloat16")`, then `compile(Adam)`: the backbone computes in bfloat16 (oneDNN's kernels; `auto` leaves XLA off for it on CPU), the head and the density in float32 |
 
 It prints, per case and path: images per second and the median step (over the
@@ -213,6 +213,7 @@ class Worker:
         self.case = case
         self.path = path
         precision = {"bf16": "mixed_bfloat16", "default": "auto"}.get(path, "float32")
+        # plain, fused and xla are the float32 paths
         self.model = model = case.build(precision=precision)
         kwargs = {
             "plain": dict(jit_compile=False, fuse_optimizer=False),

@@ -263,7 +263,7 @@ def build_model(
     variance_floor=None,
     variance_activation="sigmoid",
     name=None,
-    precision="float32",
+    precision="auto",
     **architecture_kwargs,
 ):
     """Builds a DMFA network.
@@ -280,8 +280,9 @@ def build_model(
             architecture's default.
         variance_activation: `"sigmoid"` or `"softplus"`.
         name: the model's name (default `dmfa_<architecture>`).
-        precision: `"float32"` (default), `"mixed_bfloat16"` or `"auto"`
-            (`resolve_precision`). Mixed: the backbone's
+        precision: `"auto"` (default; `resolve_precision`: bfloat16 for
+            `fullconv` and `linear_heads` on CPUs that have it, else float32),
+            `"float32"` or `"mixed_bfloat16"`. Mixed: the backbone's
             layers compute in bfloat16 (weights kept in float32), while the
             input layer, the mixture head and the density stay float32. On
             CPUs with AVX512-BF16 / AMX, oneDNN runs bfloat16 convolutions and

@@ -583,7 +583,8 @@ def test_a_mixed_bfloat16_model_exports_its_float32_function(tmp_path):
     # trained (float32) weights, and match a float32 network built by hand.
     model = dmfa_tf.build_model(SHAPE, "fullconv", width=4, components=2, factors=2,
                                 precision="mixed_bfloat16")
-    exact = dmfa_tf.build_model(SHAPE, "fullconv", width=4, components=2, factors=2)
+    exact = dmfa_tf.build_model(SHAPE, "fullconv", width=4, components=2, factors=2,
+                                precision="float32")
     exact.set_weights(model.get_weights())
     path = export.export_saved_model(model, str(tmp_path / "bf16"), tflite=True)
     loaded = tf.saved_model.load(path)

@@ -242,7 +242,8 @@ def test_mixed_bfloat16_backbone_computes_the_float32_function(tmp_path, archite
     shape = (12, 12, 1)
     fast = dmfa_tf.build_model(shape, architecture, components=2, factors=2,
                                precision="mixed_bfloat16", **options)
-    exact = dmfa_tf.build_model(shape, architecture, components=2, factors=2, **options)
+    exact = dmfa_tf.build_model(shape, architecture, components=2, factors=2,
+                                precision="float32", **options)
     exact.set_weights(fast.get_weights())  # the weights are float32 in both
     assert keras.config.dtype_policy().name == "float32"  # the global policy is left alone
     dtypes = {layer.name: layer.compute_dtype for layer in fast.layers}

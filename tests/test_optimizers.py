@@ -96,10 +96,17 @@ def test_compile_fuses_adam_unless_asked_not_to_or_under_xla():
 def test_auto_jit_compile_follows_the_measured_table_and_the_run_length():
     assert not tf.config.list_physical_devices("GPU")  # these machines have none
     for architecture, shape in (("mlp", (6, 6, 1)), ("fullconv", (8, 8, 1)), ("linear_heads", (6, 6, 1))):
-        model = dmfa_tf.build_model(shape, architecture)
+        model = dmfa_tf.build_model(shape, architecture, precision="float32")
         assert models.architecture_of(model) == architecture
         model.compile("adam")
         xla = models.CPU_XLA[architecture]
+        # The default precision ("auto") computes in bfloat16 where the CPU has
+        # it, and then XLA (no bfloat16 kernels on CPU) stays off.
+        default = dmfa_tf.build_model(shape, architecture)
+        bfloat16 = models.CPU_BF16[architecture] and models.cpu_has_bfloat16()
+        assert models.precision_of(default) == ("mixed_bfloat16" if bfloat16 else "float32")
+        default.compile("adam")
+        assert default.jit_compile == (xla and not bfloat16), architecture
         assert model.jit_compile == xla, architecture
         assert optimizers.is_fused(model.optimizer) == (not xla)
         # a short run is not worth XLA's compile time: fit turns it off ...
