@@ -537,7 +537,10 @@ def test_saved_model_cli_runs_every_signature(mlp_model, exported, batch, tmp_pa
 @pytest.mark.parametrize("mask_channels", [1, 3])
 def test_fullconv_colour_model_everywhere(tmp_path, mask_channels):
     shape = (16, 16, 3)
-    model = dmfa_tf.build_model(shape, "fullconv", components=2, factors=4, width=8)
+    # float32: the exports compute in float32, and this compares them with the
+    # model in process to 1e-5 (a bfloat16 model: test_a_mixed_bfloat16_model_...).
+    model = dmfa_tf.build_model(shape, "fullconv", components=2, factors=4, width=8,
+                                precision="float32")
     path = export.export_saved_model(
         model, str(tmp_path / "colour"), tflite=True, quantize=["float16", "dynamic_range"]
     )
