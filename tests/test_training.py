@@ -789,9 +789,15 @@ def test_two_local_workers_train_like_one_process_and_resume_after_a_kill(tmp_pa
     out2, work2 = tmp_path / "kill" / "out", tmp_path / "kill" / "work"
     flags = common + ["--epochs=30", f"--output={out2}", f"--workdir={work2}"]
     processes = _start_workers(tmp_path, flags, _free_ports(2), "killed")
-    pointer = work2 / "backup" / "latest"
+    pointer, log = work2 / "backup" / "latest", work2 / "log.csv"
+
+    def epoch_rows():
+        return len(log.read_text().splitlines()) - 1 if log.exists() else 0
+
+    # The backup is written before the CSV row of the same epoch: wait for both.
     deadline = time.time() + 240
-    while not pointer.exists() and time.time() < deadline and processes[0].poll() is None:
+    while (not pointer.exists() or epoch_rows() < 1) and time.time() < deadline \
+            and processes[0].poll() is None:
         time.sleep(0.2)
     assert pointer.exists(), (tmp_path / "killed-worker0.log").read_text()[-2000:]
     processes[1].kill()
@@ -803,7 +809,7 @@ def test_two_local_workers_train_like_one_process_and_resume_after_a_kill(tmp_pa
     codes = _wait_all(_start_workers(tmp_path, flags, _free_ports(2), "resumed"), timeout=300)
     logs = "".join((tmp_path / f"resumed-worker{i}.log").read_text()[-2000:] for i in range(2))
     assert codes == [0, 0], logs
-    rows = list(csv.DictReader(open(work2 / "log.csv")))
+    rows = list(csv.DictReader(open(log)))
     epochs = [int(row["epoch"]) for row in rows]
     # The second start began at the backed-up epoch, not at 0, and ran to the end.
     assert epochs.count(0) == 1 and epochs[-1] == 29
