@@ -9,9 +9,9 @@ the other half, before and after:
 - the NLL (per image, summed over the missing pixels, mean);
 - the coverage of the central 50% and 90% per-pixel intervals (exact 1-D
   mixture marginals, at the stored values);
-- the shares of the per-pixel predictive variance carried by the factors
-  (`sum_l A_il^2`) and by `d`, and the mean and median squared error of the
-  most probable component's mean.
+- the median per-pixel variance carried by the factors (`sum_l A_il^2`) and
+  by `d`, and the mean and median squared error of the most probable
+  component's mean.
 
 If the likelihood-optimal scales are above 1 while the intervals already cover
 too much, the over-coverage is not a badly fitted scale: the per-image errors
@@ -100,19 +100,19 @@ def main(argv=None):
 
     log_alpha = tf.Variable(tf.zeros([k, l], tf.float64))
     log_beta = tf.Variable(tf.zeros([k], tf.float64))
-    def fit_nll():
-        return float(-tf.reduce_mean(mixture(fit, log_alpha, log_beta).log_prob(values[fit])))
+    def fit_nll():  # the mean NLL of the fitting half, the quantity minimised
+        return -tf.reduce_mean(mixture(fit, log_alpha, log_beta).log_prob(values[fit]))
 
     before = measure(held, log_alpha, log_beta)
-    fit_before = fit_nll()
+    fit_before = float(fit_nll())
     optimizer = keras.optimizers.Adam(0.02)
     for _ in range(args.steps):
         with tf.GradientTape() as tape:
-            loss = -tf.reduce_mean(mixture(fit, log_alpha, log_beta).log_prob(values[fit]))
+            loss = fit_nll()
         grads = tape.gradient(loss, [log_alpha, log_beta])
         optimizer.apply_gradients(zip(grads, [log_alpha, log_beta]))
     after = measure(held, log_alpha, log_beta)
-    fit_after = fit_nll()
+    fit_after = float(fit_nll())
     result = {
         "model": args.model, "hole": args.hole, "fit_images": half,
         "held_out_images": len(images) - half,

@@ -148,9 +148,9 @@ def resolve_precision(precision, architecture="fullconv"):
     """`"auto"` made concrete: `"mixed_bfloat16"` for the architectures where
     it was measured to pay (`CPU_BF16`: the U-Net and the paper's network;
     the width-16 U-Net trained 1.8x the images per second of float32 with
-    XLA, and a better model in the same minutes) on a machine without a GPU whose CPU has bfloat16 arithmetic,
-    else `"float32"` (GPUs are not measured here). Other values are returned
-    as they are."""
+    XLA, and a better model in the same minutes) on a machine without a GPU
+    whose CPU has bfloat16 arithmetic, else `"float32"` (GPUs are not
+    measured here). Other values are returned as they are."""
     if precision != "auto":
         return precision
     if not CPU_BF16.get(architecture, False) or tf.config.list_physical_devices("GPU"):
