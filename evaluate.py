@@ -84,7 +84,6 @@ def _slug(text):
 
 def evaluate(args):
     import platform
-    import time
 
     from dmfa_tf import datasets, evaluation, masks, saving, training
 
@@ -110,17 +109,22 @@ def evaluate(args):
 
     verbose = 0 if args.quiet else 1
     splits = (args.split,) + (("train",) if needs_train else ())
-    data = datasets.load(
+    # The scored split streams from its source (a memory-mapped cache, photo
+    # files or a small array); training images are loaded only for baselines.
+    data = datasets.load_sources(
         dataset, data_dir, image_size=image_size, crop=crop, verbose=verbose, splits=splits
     )
     images = data.test if args.split == "test" else data.val
     labels = data.test_labels if args.split == "test" else data.val_labels
-    images = images[: args.limit]
+    images = images.take(args.limit)
     labels = None if labels is None else labels[: args.limit]
     generator(images.shape[1], images.shape[2], seed=[0, 0])  # a hole that does not fit fails here
-    started = time.time()
-    test_masks = evaluation.seeded_masks(images, generator, args.seed)  # once, for every model
-    mask_seconds = time.time() - started
+    train_arrays = {}
+
+    def train_images():  # float32 arrays, read once, only if a baseline needs them
+        if "train" not in train_arrays:
+            train_arrays["train"] = data.train.to_float_array(verbose) if data.train else None
+        return train_arrays["train"]
 
     output = args.output or os.path.join(
         "results",
@@ -128,13 +132,19 @@ def evaluate(args):
     )
     rows, summary, loaded = [], {}, {}
     for spec in specs:
-        model = spec.load(train_images=data.train, dataset=dataset)
+        if spec.is_baseline and spec.path == "diagonal":
+            fit_on = data.train  # fitted batch by batch from the source
+        else:
+            fit_on = train_images() if spec.is_baseline else None
+        model = spec.load(train_images=fit_on, dataset=dataset)
         loaded[spec.label] = model
         if verbose:
             print(f"Scoring {spec.label} on {len(images):,} {dataset} {args.split} images, "
                   f"masks {generator.spec()} (seed {args.seed})")
+        # Each model's masks are made in its pipeline, image i's seeded
+        # (seed, i): every model is scored on the same masks.
         scores, seconds = evaluation.timed_score(
-            model, images, test_masks, args.seed, args.batch_size, verbose,
+            model, images, generator, args.seed, args.batch_size, verbose,
             dequantize="auto" if args.dequantize == "auto" else 0.0,
         )
         name = "per_image.csv" if len(specs) == 1 else f"per_image_{_slug(spec.label)}.csv"
@@ -158,7 +168,6 @@ def evaluate(args):
         "images": int(len(images)),
         "mask": generator.spec(),
         "seed": args.seed,
-        "mask_seconds": round(mask_seconds, 2),
         "models": summary,
         "hardware": training.hardware_description(),
         "python": platform.python_version(),
@@ -177,6 +186,7 @@ def evaluate(args):
         from dmfa_tf import visualization
 
         count = min(args.mosaic_images, len(images))
+        first = images.take(count).to_float_array()
         baseline_label = None
         if mosaic_spec:
             key = (mosaic_spec.path, mosaic_spec.conditional, mosaic_spec.option)
@@ -184,7 +194,7 @@ def evaluate(args):
             if scored:  # already loaded (and fitted) for scoring
                 baseline = loaded[scored[0].label]
             else:
-                baseline = mosaic_spec.load(train_images=data.train, dataset=dataset)
+                baseline = mosaic_spec.load(train_images=train_images(), dataset=dataset)
             baseline_label = mosaic_spec.label
         elif len(specs) > 1:
             baseline_label = specs[1].label
@@ -194,8 +204,8 @@ def evaluate(args):
         visualization.mosaic(
             args.mosaic,
             loaded[specs[0].label],
-            images[:count],
-            test_masks[:count],
+            first,
+            evaluation.seeded_masks(first, generator, args.seed),
             baseline=baseline,
             baseline_label=baseline_label or "baseline",
         )
@@ -205,7 +215,6 @@ def evaluate(args):
           "per image, summed over the missing pixels, lower is better for NLL and MSE; "
           "calibration pooled over all missing pixels")
     print(table)
-    print(f"  masks: {mask_seconds:.1f} s (made once for every model)")
     for label, info in summary.items():
         print(f"  {label}: {info['seconds']:.1f} s, {info['images_per_second']:.0f} images/s")
     print(f"Wrote {output}/ (summary.json, per-image CSV{', comparison.md' if len(specs) > 1 else ''})"

@@ -24,6 +24,8 @@ import scipy.linalg
 import scipy.special
 import tensorflow as tf
 
+from dmfa_tf import sources
+
 __all__ = [
     "DEFAULT_REGULARIZATION",
     "KNN_NEIGHBORS",
@@ -93,6 +95,10 @@ class DiagonalGaussian:
         """Fits to `[n, H, W, C]` images. NaN pixels (absent: incomplete training
         data) are left out of their pixel's mean and variance; a pixel absent
         from every image gets mean 0.5 and variance 1/12 (uniform on [0, 1])."""
+        if isinstance(images, sources.ImageSource):
+            if images.dtype == tf.uint8 and len(images) >= 2:
+                return cls._fit_source(images, variance_floor)
+            images = images.to_float_array()
         images = np.asarray(_check_images(images, 2), np.float64)
         if np.isnan(images).any():
             present = (~np.isnan(images)).sum(0)
@@ -102,6 +108,21 @@ class DiagonalGaussian:
             variance = np.where(present > 0, squares / np.maximum(present, 1), 1.0 / 12.0)
             return cls(mean, np.maximum(variance, variance_floor))
         return cls(images.mean(0), np.maximum(images.var(0), variance_floor))
+
+    @classmethod
+    def _fit_source(cls, source, variance_floor, batch_size=4096):
+        """`fit` on 8-bit images read batch by batch (two passes, float64)."""
+        def batches():
+            return source.images().map(sources.to_float).batch(batch_size).as_numpy_iterator()
+
+        total = np.zeros(source.image_shape)
+        for batch in batches():
+            total += batch.sum(0, dtype=np.float64)
+        mean = total / len(source)
+        squares = np.zeros(source.image_shape)
+        for batch in batches():
+            squares += np.square(batch.astype(np.float64) - mean).sum(0)
+        return cls(mean, np.maximum(squares / len(source), variance_floor))
 
     @property
     def image_shape(self):

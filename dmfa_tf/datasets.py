@@ -52,6 +52,7 @@ checksums reject them; read them with the IDX loader instead.
 
 import argparse
 import dataclasses
+import errno
 import gzip
 import hashlib
 import contextlib
@@ -69,12 +70,15 @@ import zlib
 
 import numpy as np
 
+from dmfa_tf import sources
+
 __all__ = [
     "CROPS",
     "DATASETS",
     "SPLITS",
     "Splits",
     "load",
+    "load_sources",
     "prepare_tfds",
     "prepare_tfds_mnist",
     "read_idx",
@@ -99,9 +103,8 @@ SEEDED_TEST_FRACTION = 0.1  # 80% train, 10% validation, 10% test, seeded
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 PARTITION_FILES = ("list_eval_partition.txt", "list_eval_partition.csv")
 CACHE_ENV = "DMFA_TF_CACHE_DIR"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: a memory-mappable .npy file
 _PROGRESS_THRESHOLD = 1000  # progress bar for decodes of more images than this
-_DECODE_BATCH = 256
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -337,97 +340,25 @@ def _progress(target, verbose):
 
 def _square_tf(image, image_size, crop):
     """A uint8 photo `[h, w, 3]` to a uint8 `[S, S, 3]` image, as a TF graph."""
-    import tensorflow as tf
-
-    size = int(image_size)
-    if crop == "paper":
-        resized = round(PAPER_RESIZE_RATIO * size)
-        offset = int(round((resized - size) / 2.0))
-        image = tf.image.resize(image, [resized, resized], method="bilinear", antialias=True)
-        image = image[offset : offset + size, offset : offset + size, :]
-    else:  # "aspect": the centre square of the photo, resized
-        shape = tf.shape(image)
-        height, width = shape[0], shape[1]
-        side = tf.minimum(height, width)
-        top = (height - side) // 2
-        left = (width - side) // 2
-        image = image[top : top + side, left : left + side, :]
-        image = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-    return tf.ensure_shape(image, [size, size, 3])
+    return sources.square_photo(image, image_size, crop)
 
 
-def _decode_tf(contents):
-    """Encoded JPEG/PNG/GIF/BMP bytes to a uint8 `[h, w, 3]` tensor."""
-    import tensorflow as tf
-
-    return tf.cond(
-        tf.io.is_jpeg(contents),
-        # The accurate integer DCT, which libjpeg (and so Pillow) uses by default.
-        lambda: tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(contents, channels=3, expand_animations=False),
-    )
-
-
-def _decode_photos(paths, image_size, crop, verbose):
-    """Decodes and crops photo files in parallel with tf.data.
+def _decode_photos(paths, image_size, crop, verbose, out=None):
+    """Decodes and crops photo files in parallel with tf.data, into `out` (an
+    array or memmap `[len(paths), S, S, 3]`, new when None), batch by batch.
 
     Returns:
-        uint8 `[len(paths), S, S, 3]`.
+        `out`, uint8.
 
     Raises:
         ValueError: a file cannot be read or decoded; names it.
     """
-    import tensorflow as tf
-
-    size = int(image_size)
-    out = np.empty((len(paths), size, size, 3), np.uint8)
-    if not paths:
-        return out
-
-    def process(path):
-        return _square_tf(_decode_tf(tf.io.read_file(path)), size, crop)
-
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(list(paths))
-        .map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .batch(_DECODE_BATCH)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    bar = _progress(len(paths), verbose)
-    done = 0
-    iterator = iter(dataset)
-    while done < len(paths):
-        try:
-            batch = next(iterator).numpy()
-        except StopIteration:
-            break
-        except tf.errors.OpError as error:
-            _raise_bad_photo(paths[done : done + _DECODE_BATCH], process, error)
-        out[done : done + len(batch)] = batch
-        done += len(batch)
-        if bar is not None:
-            bar.update(done)
+    source = sources.PhotoSource(paths, image_size, crop) if paths else None
+    if out is None:
+        out = np.empty((len(paths), int(image_size), int(image_size), 3), np.uint8)
+    if source is not None:
+        source.decode_into(out, verbose=verbose)
     return out
-
-
-def _raise_bad_photo(paths, process, error):
-    """Finds the file among `paths` that made a tf.data batch fail, and names it."""
-    import tensorflow as tf
-
-    for path in paths:
-        try:
-            process(tf.constant(path))
-        except tf.errors.OpError as single:
-            message = getattr(single, "message", str(single)).strip().splitlines()[0]
-            raise ValueError(
-                f"Cannot decode image file {path}: {message} (corrupt or not a "
-                "JPEG/PNG image; remove or replace it)."
-            ) from None
-    message = getattr(error, "message", str(error)).strip().splitlines()[0]
-    raise ValueError(
-        f"Cannot decode the image files {paths[0]} ... {paths[-1]}: {message}"
-    ) from None
 
 
 def read_partition(path):
@@ -524,7 +455,10 @@ def _seeded_split(count, seed=0):
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-def _load_celeba_folder(data_dir, image_size, crop, cache, verbose):
+def _celeba_folder_sources(data_dir, image_size, crop, cache, verbose):
+    """`Splits` of `sources.ImageSource`: the photos decoded once into the
+    memory-mapped uint8 cache, or (cache off) read from the files as they are
+    used."""
     folder, names = _celeba_image_folder(data_dir)
     partition_path = _find_partition(folder, data_dir)
     if partition_path is not None:
@@ -539,7 +473,7 @@ def _load_celeba_folder(data_dir, image_size, crop, cache, verbose):
             warnings.warn(
                 f"{len(names) - len(listed):,} images in {folder} are not listed in "
                 f"{partition_path} and are left out.",
-                stacklevel=3,
+                stacklevel=4,
             )
         names = listed
         parts = np.array([partition[name] for name in names])
@@ -554,6 +488,10 @@ def _load_celeba_folder(data_dir, image_size, crop, cache, verbose):
     else:
         indices = _seeded_split(len(names))
     paths = [os.path.join(folder, name) for name in names]
+    if _cache_folder(cache) is None:
+        return Splits(*(
+            sources.PhotoSource([paths[i] for i in index], image_size, crop) for index in indices
+        ))
     key = {
         "source": "folder",
         "folder": os.path.realpath(folder),
@@ -565,11 +503,22 @@ def _load_celeba_folder(data_dir, image_size, crop, cache, verbose):
     images = _cached(
         key,
         f"celeb_a-{image_size}px-{crop}-{len(names)}",
-        lambda: _decode_photos(paths, image_size, crop, verbose),
+        (len(names), image_size, image_size, 3),
+        lambda out: _decode_photos(paths, image_size, crop, verbose, out=out),
         cache,
     )
-    train, val, test = (_to_float(images[index]) for index in indices)
-    return Splits(train=train, val=val, test=test)
+    return Splits(*(sources.ArraySource(images, rows=index) for index in indices))
+
+
+def _load_celeba_folder(data_dir, image_size, crop, cache, verbose):
+    found = _celeba_folder_sources(data_dir, image_size, crop, cache, verbose)
+
+    def to_float(split):
+        if isinstance(split, sources.PhotoSource):  # the cache is off
+            return _to_float(_decode_photos(split.paths, image_size, crop, verbose))
+        return split.to_float_array(verbose)
+
+    return Splits(*(to_float(split) for split in (found.train, found.val, found.test)))
 
 
 # --- the cache of decoded photos -----------------------------------------------
@@ -590,50 +539,92 @@ def _cache_folder(cache):
 
 
 def cache_path(key, stem, cache=True):
-    """Where `load` caches the arrays for `key` (a dict), or None."""
+    """Where `load` caches the uint8 arrays for `key` (a dict), or None."""
     folder = _cache_folder(cache)
     if folder is None:
         return None
     digest = hashlib.sha256(
         json.dumps({"format": _CACHE_FORMAT, **key}, sort_keys=True).encode("utf-8")
     ).hexdigest()[:20]
-    return os.path.join(folder, f"{stem}-{digest}.npz")
+    return os.path.join(folder, f"{stem}-{digest}.npy")
 
 
-def _cached(key, stem, compute, cache):
-    """`compute()` (a uint8 array), read from or written to the cache."""
-    path = cache_path(key, stem, cache)
-    if path is not None and os.path.exists(path):
+def _spilled(shape, decode):
+    """`decode(out)` into a memmap of an unlinked temporary file."""
+    handle, temporary = tempfile.mkstemp(prefix="dmfa_tf-", suffix=".npy")
+    os.close(handle)
+    try:
+        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
+        _reserve(temporary)
+        decode(out)
+        out.flush()
+        return np.load(temporary, mmap_mode="r", allow_pickle=False)
+    finally:
+        os.remove(temporary)  # the mapping keeps the data until it is closed
+
+
+def _reserve(path):
+    """Allocates the whole file now: a full disk is an OSError here, not a
+    SIGBUS while the memmap is written."""
+    with open(path, "r+b") as f:
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                stored_key = json.loads(str(archive["key"]))
-                images = archive["images"]
-            if stored_key == key and images.dtype == np.uint8:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+        except AttributeError:  # pragma: no cover - no posix_fallocate here
+            pass
+
+
+def _cached(key, stem, shape, decode, cache, spill=False):
+    """A uint8 array of `shape`, memory-mapped from the cache.
+
+    A missing or damaged cache file is made by `decode(out)`, which fills the
+    memmap `out` batch by batch (memory stays bounded), written to a temporary
+    name and then renamed, so an interrupted run never leaves a partial file.
+    With the cache off (`cache` False or `DMFA_TF_CACHE_DIR=off`), `decode`
+    fills an array in memory, or with `spill=True` a memmap of a temporary file
+    that is deleted as soon as it is mapped (the disk space is freed when the
+    process ends). A cache folder that cannot be written is warned about, and
+    the array is decoded in memory.
+    """
+    shape = tuple(int(s) for s in shape)
+    path = cache_path(key, stem, cache)
+    if path is None:
+        if spill:
+            return _spilled(shape, decode)
+        return decode(np.empty(shape, np.uint8))
+    if os.path.exists(path):
+        try:
+            images = np.load(path, mmap_mode="r", allow_pickle=False)
+            if images.dtype == np.uint8 and images.shape == shape:
                 return images
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+            raise ValueError(f"it holds {images.dtype} {images.shape}, not uint8 {shape}")
+        except (OSError, ValueError, EOFError) as error:
             warnings.warn(f"Ignoring the unreadable cache file {path}: {error}", stacklevel=3)
-    images = compute()
-    if path is not None:
-        _write_cache(path, key, images)
-    return images
-
-
-def _write_cache(path, key, images):
-    """Writes atomically: to a temporary file beside `path`, then renames it."""
     folder = os.path.dirname(path)
     temporary = None
     try:
         os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-        with os.fdopen(handle, "wb") as f:
-            np.savez(f, images=images, key=np.array(json.dumps(key)))
+        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
+        os.close(handle)
+        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
+        _reserve(temporary)
+    except OSError as error:
+        if temporary is not None and os.path.exists(temporary):
+            os.remove(temporary)
+        warnings.warn(f"Could not write the cache file {path}: {error}", stacklevel=3)
+        return decode(np.empty(shape, np.uint8))
+    try:
+        decode(out)
+        out.flush()
+        del out
         os.replace(temporary, path)
         temporary = None
-    except OSError as error:
-        warnings.warn(f"Could not write the cache file {path}: {error}", stacklevel=4)
     finally:
         if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 # --- .npz arrays -------------------------------------------------------------
@@ -937,7 +928,21 @@ def _read_tfds_split(name, builder, split, image_size, crop, verbose):
     return images, labels
 
 
-def _load_tfds(name, builder, image_size, crop, cache, verbose):
+def _decode_tfds_celeba(builder, split, image_size, crop, verbose, out):
+    """TFDS's celeb_a split, cropped to `[S, S, 3]` uint8, into `out` batch by
+    batch (TFDS's order)."""
+    import tensorflow as tf
+
+    data = builder.as_dataset(split=split, shuffle_files=False).map(
+        lambda example: sources.square_photo(example["image"], image_size, crop),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+    )
+    if not len(out):
+        raise ValueError(f"The TFDS split celeb_a/{split} in {builder.data_dir} is empty.")
+    return sources.write_array(out, data, verbose=verbose)
+
+
+def _load_tfds(name, builder, image_size, crop, cache, verbose, stream=False):
     splits = dict(builder.info.splits)
     if "train" not in splits or "test" not in splits:
         raise ValueError(
@@ -964,14 +969,16 @@ def _load_tfds(name, builder, image_size, crop, cache, verbose):
             images = _cached(
                 key,
                 f"celeb_a-tfds-{split}-{image_size}px-{crop}",
-                lambda split=split: _read_tfds_split(
-                    name, builder, split, image_size, crop, verbose
-                )[0],
+                (splits[split].num_examples, image_size, image_size, 3),
+                lambda out, split=split: _decode_tfds_celeba(
+                    builder, split, image_size, crop, verbose, out
+                ),
                 cache,
+                spill=stream,
             )
         else:
             images, labels = _read_tfds_split(name, builder, split, image_size, crop, verbose)
-        arrays[split] = (_to_float(images), labels)
+        arrays[split] = (images if stream else _to_float(images), labels)  # stream: uint8
     if "validation" in arrays:
         return Splits(
             train=arrays["train"][0],
@@ -1172,7 +1179,49 @@ def load(
     return dataclasses.replace(result, **dropped) if dropped else result
 
 
-def _load(name, data_dir, image_size, crop, download, cache, verbose, need_train):
+def load_sources(
+    name,
+    data_dir=None,
+    image_size=None,
+    crop="paper",
+    download=False,
+    cache=True,
+    verbose=1,
+    splits=SPLITS,
+):
+    """As `load`, but each split is a `sources.ImageSource` that training and
+    evaluation read inside `tf.data`, not a float array in memory.
+
+    - CelebA (photo folder or TFDS): the photos are decoded once, batch by
+      batch, into a uint8 cache file that is then memory-mapped, so memory
+      holds at most the uint8 pages in use. With the cache off, a photo folder
+      is read, decoded and cropped from the files as images are needed (memory
+      does not grow with the number of photos), and a TFDS split is decoded
+      into a temporary file that is deleted as soon as it is mapped.
+    - The other data sets (IDX, `.npz`, digits, TFDS MNIST-style sets) are
+      small: their arrays are held in memory (TFDS ones as uint8) and read
+      through an `ArraySource`.
+
+    The images, splits and order are those of `load`. Each split's
+    `to_float_array()` gives `load`'s array.
+    """
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    unknown = [split for split in splits if split not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"`splits` must name some of {SPLITS}. Received: splits={splits!r}")
+    result = _load(name, data_dir, image_size, crop, download, cache, verbose,
+                   need_train="train" in splits or "val" in splits, stream=True)
+    fields = {}
+    for split in SPLITS:
+        images = getattr(result, split)
+        wanted = split in splits and images is not None
+        fields[split] = sources.as_source(images) if wanted else None
+        if not wanted:
+            fields[f"{split}_labels"] = None
+    return dataclasses.replace(result, **fields)
+
+
+def _load(name, data_dir, image_size, crop, download, cache, verbose, need_train, stream=False):
     if name not in DATASETS:
         raise ValueError(
             f"Unknown dataset {name!r}; choose one of {sorted(DATASETS)}."
@@ -1204,14 +1253,14 @@ def _load(name, data_dir, image_size, crop, download, cache, verbose, need_train
             if not download:
                 raise ValueError(_not_in_tfds(name, None))
             _download_and_prepare(name, builder)
-        return _load_tfds(name, builder, image_size, crop, cache, verbose)
+        return _load_tfds(name, builder, image_size, crop, cache, verbose, stream)
 
     if not os.path.exists(data_dir):
         if not download:
             raise FileNotFoundError(f"Data folder not found: {data_dir}")
         builder = _tfds_builder(name, data_dir)  # TFDS downloads into a new folder
         _download_and_prepare(name, builder)
-        return _load_tfds(name, builder, image_size, crop, cache, verbose)
+        return _load_tfds(name, builder, image_size, crop, cache, verbose, stream)
     if os.path.isfile(data_dir):
         if not data_dir.lower().endswith(".npz"):
             raise ValueError(
@@ -1225,7 +1274,7 @@ def _load(name, data_dir, image_size, crop, download, cache, verbose, need_train
     if _may_hold_tfds(data_dir, name):
         builder = _tfds_builder(name, data_dir)
         if _is_prepared(builder):
-            return _load_tfds(name, builder, image_size, crop, cache, verbose)
+            return _load_tfds(name, builder, image_size, crop, cache, verbose, stream)
     # 2. Local files.
     npz = _find_npz(data_dir, name)
     if npz is not None:
@@ -1235,6 +1284,8 @@ def _load(name, data_dir, image_size, crop, download, cache, verbose, need_train
         return _load_idx_dataset(data_dir, need_train=need_train)
     if name == "celeb_a":
         try:
+            if stream:
+                return _celeba_folder_sources(data_dir, image_size, crop, cache, verbose)
             return _load_celeba_folder(data_dir, image_size, crop, cache, verbose)
         except FileNotFoundError:
             if not download:
@@ -1243,7 +1294,7 @@ def _load(name, data_dir, image_size, crop, download, cache, verbose, need_train
     if download:
         builder = builder or _tfds_builder(name, data_dir)
         _download_and_prepare(name, builder)
-        return _load_tfds(name, builder, image_size, crop, cache, verbose)
+        return _load_tfds(name, builder, image_size, crop, cache, verbose, stream)
     raise FileNotFoundError(_not_in_tfds(name, data_dir) + f" ({data_dir} holds neither.)")
 
 

@@ -28,7 +28,7 @@ to 8 bits), 0 (nothing to do) for anything else, such as float arrays of an
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["LEVELS", "dequantize_targets", "jitter", "quantization_step"]
+__all__ = ["LEVELS", "dequantize_targets", "jitter", "jitter_rows", "quantization_step"]
 
 LEVELS = 255  # 8-bit pixels in [0, 1]: k / 255
 
@@ -57,9 +57,15 @@ def jitter(shape, seed):
     seeded `(seed, i)`, so an image gets the same jitter whatever the batch or
     the number of images scored."""
     shape = tuple(int(s) for s in shape)
-    out = np.empty(shape, np.float32)
-    for i in range(shape[0]):
-        out[i] = np.random.default_rng([int(seed), i, 0x6A17]).random(shape[1:], np.float32)
+    return jitter_rows(range(shape[0]), shape[1:], seed)
+
+
+def jitter_rows(rows, shape, seed):
+    """The rows `rows` of `jitter([n, *shape], seed)`: `[len(rows), *shape]`."""
+    rows = [int(row) for row in np.asarray(rows).reshape(-1)]
+    out = np.empty((len(rows),) + tuple(int(s) for s in shape), np.float32)
+    for j, i in enumerate(rows):
+        out[j] = np.random.default_rng([int(seed), i, 0x6A17]).random(out.shape[1:], np.float32)
     return out - 0.5
 
 

@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import dequantization
+from dmfa_tf import dequantization, sources
 from dmfa_tf import masks as masks_lib
 from dmfa_tf.distribution import (
     MISSING,
@@ -284,8 +284,11 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
             mixture parameters (MFA models, `baselines.DiagonalGaussian`), or a
             baseline with `predict_missing` (`baselines.FullGaussian`,
             `baselines.KNNImputation`).
-        images: `[n, H, W, C]` float images in [0, 1].
-        mask: a mask spec or `MaskGenerator`; or the masks themselves, an
+        images: `[n, H, W, C]` float images in [0, 1] (or uint8), or a
+            `sources.ImageSource` (read batch by batch: a memory-mapped cache
+            or photo files are scored without loading the split).
+        mask: a mask spec or `MaskGenerator` (masks made in the pipeline,
+            image `i`'s seeded `(seed, i)`); or the masks themselves, an
             `[n, H, W, 1 or C]` array from `seeded_masks` (to score several
             models on masks made once).
         seed: mask seed: image `i` gets the mask seeded `(seed, i)` (ignored
@@ -309,44 +312,57 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
         have their PIT in each tenth), and `dequantization_step` (q, the same
         for every image). NaN where the model has no density.
     """
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4 or not len(images):
-        raise ValueError(f"`images` must be a non-empty [n, H, W, C] array. Received: shape={images.shape}")
-    image_shape = tuple(images.shape[1:])
+    source = _source(images)
+    count = len(source)
+    image_shape = tuple(source.image_shape)
     model_shape = getattr(model, "image_shape", None)
     if model_shape is not None and tuple(model_shape) != image_shape:
         raise ValueError(
             f"The model takes images of shape {tuple(model_shape)}, the data set has "
             f"{image_shape}. Evaluate it on the data set (and image size) it was trained for."
         )
-    batch_size = min(int(batch_size), len(images))
+    batch_size = min(int(batch_size), count)
     if isinstance(mask, (str, masks_lib.MaskGenerator)):
-        mask = seeded_masks(images, mask, seed)
+        data = masks_lib.with_masks(source.images(), mask, seed)  # image i: seeded (seed, i)
     else:
-        mask = np.asarray(mask, np.float32)
-        if mask.shape[:3] != images.shape[:3] or mask.ndim != 4 or mask.shape[3] not in (1, images.shape[3]):
+        mask = np.asarray(mask)
+        if mask.ndim != 4 or mask.shape[:3] != source.shape[:3] or mask.shape[3] not in (1, image_shape[2]):
             raise ValueError(
                 f"`mask` must be a spec, a MaskGenerator or [n, H, W, 1 or C] masks for "
-                f"images of shape {images.shape}. Received: shape={mask.shape}"
+                f"images of shape {source.shape}. Received: shape={mask.shape}"
             )
+        data = tf.data.Dataset.zip(
+            source.images().map(sources.to_float), tf.data.Dataset.from_tensor_slices(mask)
+        ).map(lambda image, m: {"image": image, "mask": tf.cast(m, tf.float32)})
     try:
-        q = dequantization.quantization_step(images) if dequantize == "auto" else float(dequantize)
+        if dequantize != "auto":
+            q = float(dequantize)
+        elif source.dtype == tf.uint8:
+            q = 1.0 / dequantization.LEVELS
+        else:
+            q = dequantization.quantization_step(source.to_array())
     except (TypeError, ValueError):
         q = math.nan
     if not (q >= 0 and math.isfinite(q)):
         raise ValueError(f"`dequantize` must be 'auto' or a number >= 0. Received: dequantize={dequantize!r}")
-    calibration_images = images
-    if q:
-        calibration_images = images + q * dequantization.jitter(images.shape, seed)
-    data = tf.data.Dataset.from_tensor_slices(
-        {"image": images, "mask": mask, "calibration_image": calibration_images}
-    )
-    data = data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def with_calibration_image(position, batch):
+        image = batch["image"]
+        if q:  # image i's jitter is seeded (seed, i): dequantization.jitter
+            noise = tf.numpy_function(
+                lambda rows: dequantization.jitter_rows(rows, image_shape, seed),
+                [position], tf.float32, stateful=False,
+            )
+            image = image + q * tf.reshape(noise, tf.shape(image))
+        return {**batch, "calibration_image": image}
+
+    data = tf.data.Dataset.zip(tf.data.Dataset.range(count), data).batch(batch_size)
+    data = data.map(with_calibration_image).prefetch(tf.data.AUTOTUNE)
     window = min(11, image_shape[0], image_shape[1])
     predictor = hasattr(model, "predict_missing")
     step = (_predictor_step if predictor else _mixture_step)(model, window)
 
-    steps = -(-len(images) // batch_size)
+    steps = -(-count // batch_size)
     progress = keras.utils.Progbar(steps, verbose=verbose, unit_name="batch")
     results = {}
     for i, batch in enumerate(data):
@@ -357,8 +373,18 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
             results.setdefault(key, []).append(value.numpy()[:count])
         progress.update(i + 1)
     results = {key: np.concatenate(values).astype(np.float64) for key, values in results.items()}
-    results["dequantization_step"] = np.full(len(images), q)
+    results["dequantization_step"] = np.full(count, q)
     return results
+
+
+def _source(images):
+    """`images` (an array or a `sources.ImageSource`) as a source."""
+    if isinstance(images, sources.ImageSource):
+        return images
+    images = np.asarray(images)
+    if images.ndim != 4 or not len(images):
+        raise ValueError(f"`images` must be a non-empty [n, H, W, C] array. Received: shape={images.shape}")
+    return sources.ArraySource(images)
 
 
 def seeded_masks(images, mask, seed=0, batch_size=1024):
@@ -368,10 +394,7 @@ def seeded_masks(images, mask, seed=0, batch_size=1024):
     The images are checked as `masks.with_masks` checks them (values in
     [0, 1], finite).
     """
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4 or not len(images):
-        raise ValueError(f"`images` must be a non-empty [n, H, W, C] array. Received: shape={images.shape}")
-    data = masks_lib.with_masks(tf.data.Dataset.from_tensor_slices(images), mask, seed)
+    data = masks_lib.with_masks(_source(images).images(), mask, seed)
     data = data.map(lambda element: element["mask"]).batch(batch_size)
     return np.concatenate([batch.numpy() for batch in data])
 

@@ -25,6 +25,8 @@ Generators can be written as short strings (the command line's `--mask`):
 
 import tensorflow as tf
 
+from dmfa_tf import sources
+
 __all__ = [
     "Halves",
     "MaskGenerator",
@@ -306,12 +308,15 @@ def from_config(config):
     return parse(config["spec"])
 
 
-def with_masks(dataset, generator, seed, nonfinite="error"):
+def with_masks(dataset, generator, seed, nonfinite="error", indexed=False):
     """Adds a seeded mask to every image of a data set.
 
     Args:
-        dataset: `tf.data.Dataset` of float images `[H, W, C]` in [0, 1] with
-            static height and width.
+        dataset: `tf.data.Dataset` of images `[H, W, C]` with static height and
+            width: floats in [0, 1], or uint8 (8-bit pixels, scaled to [0, 1]
+            here: `sources.to_float`). With `indexed=True`, `(i, image)` pairs
+            whose `i` seeds the mask (a stream sharded across workers keeps
+            each element's position in the whole stream).
         generator: a `MaskGenerator` or a spec string.
         seed: int; element `i` (counted from the start of `dataset`) gets the
             mask `generator(H, W, seed=(seed, i))`.
@@ -329,7 +334,8 @@ def with_masks(dataset, generator, seed, nonfinite="error"):
         raise ValueError(
             f"`nonfinite` must be 'error' or 'absent'. Received: nonfinite={nonfinite!r}"
         )
-    shape = dataset.element_spec.shape
+    spec = dataset.element_spec[1] if indexed else dataset.element_spec
+    shape = spec.shape
     if shape.rank != 3 or shape[0] is None or shape[1] is None:
         raise ValueError(
             "`with_masks` needs images of shape [H, W, C] with static H and W. "
@@ -339,7 +345,7 @@ def with_masks(dataset, generator, seed, nonfinite="error"):
     base_seed = tf.constant(int(seed), tf.int64)
 
     def add_mask(index, image):
-        image = tf.cast(image, tf.float32)
+        image = sources.to_float(image)
         finite = tf.math.is_finite(image)
         clean = tf.where(finite, image, 0.0)
         checks = [
@@ -365,4 +371,5 @@ def with_masks(dataset, generator, seed, nonfinite="error"):
             mask = tf.where(finite, mask, -1.0)  # [H, W, C]
         return {"image": clean, "mask": mask}
 
-    return dataset.enumerate().map(add_mask, num_parallel_calls=tf.data.AUTOTUNE)
+    data = dataset if indexed else dataset.enumerate()
+    return data.map(add_mask, num_parallel_calls=tf.data.AUTOTUNE)

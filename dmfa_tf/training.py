@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import datasets, dequantization, evaluation
+from dmfa_tf import datasets, dequantization, evaluation, sources
 from dmfa_tf import masks as masks_lib
 from dmfa_tf.baselines import DiagonalGaussian
 from dmfa_tf.config import TrainConfig, parse_select
@@ -101,6 +101,13 @@ def _new_strategy(name):
     raise ValueError(f"Unknown strategy {name!r}.")
 
 
+def _workers(strategy):
+    """The number of worker processes of a multi-worker strategy (else 1)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    return max(1, int(strategy.extended._num_workers))
+
+
 def worker_index(strategy):
     """None for the process that writes the outputs (the chief of a
     multi-worker run, or the only process); else the worker's index in
@@ -115,40 +122,67 @@ def worker_index(strategy):
     return None if (task_type == "worker" and task_id == 0 and not has_chief) else int(task_id)
 
 
-def training_data(images, mask, batch_size, seed, nonfinite="error"):
+def training_data(images, mask, batch_size, seed, nonfinite="error", input_context=None):
     """An endless, shuffled, masked, batched data set of `{"image", "mask"}`.
 
+    `images` is an array or a `sources.ImageSource` (a memory-mapped cache, photo
+    files): the images are read by index and stay in their stored type (uint8)
+    until the last map, so the stream holds no float copy of the split.
+
     The shuffle order and the masks are seeded; masks are drawn per element of
-    the endless stream, so every epoch sees new masks. Pass `e` of the stream
-    is the permutation `stateless_shuffle(range(n), seed=(seed, e))`: the
-    stream is the same however many iterators are made of it (a
-    `tf.distribute` strategy makes its own, and a stateful `shuffle` would
-    then give each replica set another order). `nonfinite="absent"` makes
-    NaN / inf pixels absent (mask -1: neither seen nor scored), which trains
-    on incomplete images (`masks.with_masks`).
+    the endless stream (element `p` gets the mask seeded `(seed + 1, p)`), so
+    every epoch sees new masks. Pass `e` of the stream is the permutation
+    `stateless_shuffle(range(n), seed=(seed, e))`: the stream is the same however
+    many iterators are made of it (a `tf.distribute` strategy makes its own, and
+    a stateful `shuffle` would then give each replica set another order).
+    `nonfinite="absent"` makes NaN / inf pixels absent (mask -1: neither seen nor
+    scored), which trains on incomplete images (`masks.with_masks`).
+
+    With `input_context` (a `tf.distribute.InputContext`, as
+    `strategy.distribute_datasets_from_function` passes it) this input pipeline
+    reads only its share of every global batch of `batch_size`: rows
+    `[j b / P, (j + 1) b / P)` for pipeline `j` of `P`, batched per replica. The
+    elements keep their positions in the whole stream, so the workers together
+    train on exactly the batches (images and masks) of one process.
     """
-    images = np.asarray(images, np.float32)
-    count = len(images)
-    if count == 0:
-        raise ValueError("`training_data` got no images.")
+    source = sources.as_source(images)
+    count = len(source)
+    seed_tensor = tf.constant(int(seed), tf.int64)
 
     def permutation(epoch):
         order = tf.random.experimental.stateless_shuffle(
-            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+            tf.range(count, dtype=tf.int64), seed=tf.stack([seed_tensor, epoch])
         )
         return tf.data.Dataset.from_tensor_slices(order)
 
-    table = tf.convert_to_tensor(images)
-    # An endless stream of indices, pass after pass, then each image by index.
-    data = tf.data.Dataset.counter().flat_map(permutation)
-    data = data.map(lambda index: tf.gather(table, index), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)
-    data = masks_lib.with_masks(data, mask, seed + TRAIN_MASK_OFFSET, nonfinite=nonfinite)
-    return data.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    # An endless stream of (position, index) pairs, pass after pass.
+    stream = tf.data.Dataset.zip(
+        tf.data.Dataset.counter(), tf.data.Dataset.counter().flat_map(permutation)
+    )
+    out_batch = batch_size
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
+        if batch_size % pipelines:
+            raise ValueError(
+                f"The batch size ({batch_size}) must be a multiple of the number of workers "
+                f"({pipelines}): each reads an equal share of every batch."
+            )
+        rows = batch_size // pipelines
+        share = slice(pipeline * rows, (pipeline + 1) * rows)
+        stream = stream.batch(batch_size).map(lambda p, i: (p[share], i[share])).unbatch()
+        out_batch = input_context.get_per_replica_batch_size(batch_size)
+    data = source.read(stream.map(lambda p, i: {"position": p, "index": i}))
+    data = data.map(lambda element: (element["position"], element["image"]))
+    data = masks_lib.with_masks(
+        data, mask, seed + TRAIN_MASK_OFFSET, nonfinite=nonfinite, indexed=True
+    )
+    return data.batch(out_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def evaluation_data(images, mask, batch_size, seed):
-    data = tf.data.Dataset.from_tensor_slices(np.asarray(images, np.float32))
+    """The images (an array or a `sources.ImageSource`) in order, image `i` with
+    the mask seeded `(seed, i)`, batched."""
+    data = sources.as_source(images).images()
     return masks_lib.with_masks(data, mask, seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -591,7 +625,9 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     if worker is None:
         check_output_paths(config.output, config.workdir)  # before any work
     keras.utils.set_random_seed(config.seed)
-    data = datasets.load(
+    # Each split is read inside tf.data (a memory-mapped uint8 cache, photo
+    # files, or a small array): no float copy of a split is held.
+    data = datasets.load_sources(
         config.dataset,
         config.data_dir,
         image_size=config.image_size,
@@ -599,25 +635,29 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         download=config.download,
         verbose=1 if verbose else 0,
     )
-    train_images = data.train[: config.max_train_images]
-    test_images = data.test[: config.max_test_images]
+    train_images = data.train.take(config.max_train_images)
+    test_images = data.test.take(config.max_test_images)
     train_mask = masks_lib.parse(config.mask)
     test_mask = masks_lib.parse(config.test_mask)
     height, width, _ = data.image_shape
     for generator in (train_mask, test_mask):  # a hole that does not fit fails here
         generator(height, width, seed=[0, 0])
-    if config.model == "mfa":
+    if config.model == "mfa":  # EM on arrays in memory
         return _train_mfa(
-            config, data, train_images, test_images, test_mask, started, verbose, command
+            config, data, train_images.to_float_array(), test_images, test_mask, started,
+            verbose, command,
         )
 
     if worker is None:
         _check_resume(config)
     absent_share = None
-    if config.train_absent is not None:
-        train_images, absent_share = make_absent(train_images, config.train_absent, config.seed)
-    else:
-        nonfinite_count = int(np.size(train_images) - np.count_nonzero(np.isfinite(train_images)))
+    if config.train_absent is not None:  # made in memory: a float copy of the split
+        train_images, absent_share = make_absent(
+            train_images.to_float_array(), config.train_absent, config.seed
+        )
+    elif train_images.dtype != tf.uint8:  # float arrays may hold NaN / inf
+        array = train_images.to_array()
+        nonfinite_count = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         if nonfinite_count and config.nonfinite == "error":
             raise ValueError(
                 f"{nonfinite_count:,} pixels of the {config.dataset} training images are NaN or "
@@ -625,7 +665,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
                 "then neither seen nor scored)."
             )
         if config.nonfinite == "absent":
-            absent_share = nonfinite_count / max(1, np.size(train_images))
+            absent_share = nonfinite_count / max(1, np.size(array))
     architecture_kwargs = width_kwargs(config.architecture, config.width)
     with strategy.scope():
         model = build_model(
@@ -646,7 +686,12 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     steps = max(1, len(train_images) // config.batch_size)
     dequantization_step = 0.0
     if config.dequantize != "off":
-        dequantization_step = dequantization.quantization_step(train_images)
+        if getattr(train_images, "dtype", None) == tf.uint8:
+            dequantization_step = 1.0 / dequantization.LEVELS
+        else:
+            dequantization_step = dequantization.quantization_step(
+                sources.as_source(train_images).to_array()
+            )
         if config.dequantize == "on" and not dequantization_step:
             raise ValueError(
                 f"--dequantize=on: the {config.dataset} training images are not 8-bit "
@@ -677,15 +722,27 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     train_started = time.time()
     worker_dir = None if worker is None else os.path.join(config.workdir, f"worker-{worker}")
     run_callbacks, selector = _callbacks(config, verbose, worker_dir)
-    train_stream = training_data(
-        train_images, train_mask, config.batch_size, config.seed, nonfinite=config.nonfinite
-    )
-    if dequantization_step:
-        train_stream = dequantization.dequantize_targets(
-            train_stream, dequantization_step, config.seed + TRAIN_MASK_OFFSET
+    def train_stream(input_context=None):
+        stream = training_data(
+            train_images, train_mask, config.batch_size, config.seed,
+            nonfinite=config.nonfinite, input_context=input_context,
         )
+        if dequantization_step:
+            stream = dequantization.dequantize_targets(
+                stream, dequantization_step, config.seed + TRAIN_MASK_OFFSET
+            )
+        return stream
+
+    if _workers(strategy) > 1:
+        # Each worker reads (decodes) only its share of every global batch.
+        stream = strategy.distribute_datasets_from_function(train_stream)
+        if verbose:
+            print(f"Each of the {_workers(strategy)} workers reads "
+                  f"{config.batch_size // _workers(strategy)} images of every batch.")
+    else:
+        stream = train_stream()
     model.fit(
-        train_stream,
+        stream,
         epochs=config.epochs,
         steps_per_epoch=steps,
         validation_data=evaluation_data(data.val, test_mask, config.batch_size, config.eval_seed),

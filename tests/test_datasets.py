@@ -540,7 +540,7 @@ def test_celeba_paper_crop(celeba32, celeba_dir, celeba_names):
 def test_celeba_cache_round_trip(celeba32, celeba_dir, celeba_cache, monkeypatch):
     files = os.listdir(celeba_cache)
     assert len(files) == 1 and files[0].startswith("celeb_a-32px-paper-6000-")
-    assert files[0].endswith(".npz")
+    assert files[0].endswith(".npy")  # memory-mapped by load_sources
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the photos were decoded again: the cache was missed")
