@@ -177,3 +177,45 @@ def test_scores_from_a_source_equal_those_of_the_float_array():
         for key in ("nll", "squared_error", "inside_50", "inside_90", "pit_counts"):
             np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-6)
         assert got["dequantization_step"][0] == pytest.approx(1 / 255)
+
+
+class _FakeTfdsBuilder:
+    """What `datasets._load_tfds` uses of a prepared TFDS celeb_a builder."""
+
+    def __init__(self, folder, photos):
+        from types import SimpleNamespace
+
+        self.data_dir, self.photos = str(folder), photos
+        self.info = SimpleNamespace(
+            version="2.1.0",
+            splits={split: SimpleNamespace(num_examples=len(paths)) for split, paths in photos.items()},
+            features={},
+        )
+
+    def as_dataset(self, split, shuffle_files=False):
+        decoded = [tf.io.decode_jpeg(tf.io.read_file(str(p)), dct_method="INTEGER_ACCURATE")
+                   for p in self.photos[split]]
+        return tf.data.Dataset.from_tensor_slices({"image": tf.stack(decoded)})
+
+
+@pytest.mark.parametrize("cache", ["folder", "off"])
+def test_tfds_celeb_a_streams_into_a_mapped_array(photo_folder, tmp_path, cache):
+    folder = photo_folder / "img_align_celeba"
+    names = sorted(os.listdir(folder))
+    photos = {"train": [folder / n for n in names[:6]], "validation": [folder / n for n in names[6:9]],
+              "test": [folder / n for n in names[9:]]}
+    builder = _FakeTfdsBuilder(tmp_path, photos)
+    where = str(tmp_path / "cache") if cache == "folder" else False
+    found = datasets._load_tfds("celeb_a", builder, 32, "paper", where, 0, stream=True)
+    arrays = datasets._load_tfds("celeb_a", builder, 32, "paper", where, 0)
+    files = datasets.load_sources("celeb_a", str(photo_folder), cache=False, verbose=0)
+    for split in ("train", "val", "test"):
+        images = getattr(found, split)
+        assert isinstance(images, np.memmap) and images.dtype == np.uint8
+        np.testing.assert_array_equal(images, getattr(files, split).to_array())
+        np.testing.assert_array_equal(getattr(arrays, split), images.astype(np.float32) / 255)
+    if cache == "folder":
+        assert sorted(n.split("-")[2] for n in os.listdir(tmp_path / "cache")) == [
+            "test", "train", "validation"]
+    else:
+        assert not os.path.exists(found.train.filename)  # a deleted temporary file
