@@ -1122,6 +1122,15 @@ def prepare_tfds_mnist(idx_dir, data_dir):
 SPLITS = ("train", "val", "test")
 
 
+def _check_splits(splits):
+    """`splits` (a name or names) as a tuple of names from `SPLITS`."""
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    unknown = [split for split in splits if split not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"`splits` must name some of {SPLITS}. Received: splits={splits!r}")
+    return splits
+
+
 def load(
     name,
     data_dir=None,
@@ -1165,10 +1174,7 @@ def load(
         FileNotFoundError: `data_dir` or a file in it is missing.
         RuntimeError: TFDS failed to download.
     """
-    splits = (splits,) if isinstance(splits, str) else tuple(splits)
-    unknown = [split for split in splits if split not in SPLITS]
-    if unknown or not splits:
-        raise ValueError(f"`splits` must name some of {SPLITS}. Received: splits={splits!r}")
+    splits = _check_splits(splits)
     result = _load(name, data_dir, image_size, crop, download, cache, verbose,
                    need_train="train" in splits or "val" in splits)
     dropped = {}
@@ -1205,10 +1211,7 @@ def load_sources(
     The images, splits and order are those of `load`. Each split's
     `to_float_array()` gives `load`'s array.
     """
-    splits = (splits,) if isinstance(splits, str) else tuple(splits)
-    unknown = [split for split in splits if split not in SPLITS]
-    if unknown or not splits:
-        raise ValueError(f"`splits` must name some of {SPLITS}. Received: splits={splits!r}")
+    splits = _check_splits(splits)
     result = _load(name, data_dir, image_size, crop, download, cache, verbose,
                    need_train="train" in splits or "val" in splits, stream=True)
     fields = {}
