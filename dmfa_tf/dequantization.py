@@ -28,6 +28,8 @@ to 8 bits), 0 (nothing to do) for anything else, such as float arrays of an
 import numpy as np
 import tensorflow as tf
 
+from dmfa_tf import sources
+
 __all__ = ["LEVELS", "dequantize_targets", "jitter", "jitter_rows", "quantization_step"]
 
 LEVELS = 255  # 8-bit pixels in [0, 1]: k / 255
@@ -35,7 +37,12 @@ LEVELS = 255  # 8-bit pixels in [0, 1]: k / 255
 
 def quantization_step(images, tolerance=1e-4):
     """`1 / 255` when every finite value of `images` is a multiple of it (8-bit
-    data scaled to [0, 1]), else 0.0."""
+    data scaled to [0, 1]), else 0.0. `images` may be a `sources.ImageSource`:
+    uint8 ones are 8-bit by their type."""
+    if isinstance(images, sources.ImageSource):
+        if images.dtype == tf.uint8:
+            return 1.0 / LEVELS
+        images = images.to_array()
     images = np.asarray(images)
     if not np.issubdtype(images.dtype, np.floating):
         raise ValueError(f"`images` must be floats in [0, 1]. Received dtype {images.dtype}.")

@@ -312,7 +312,7 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
         have their PIT in each tenth), and `dequantization_step` (q, the same
         for every image). NaN where the model has no density.
     """
-    source = _source(images)
+    source = sources.as_source(images)
     count = len(source)
     image_shape = tuple(source.image_shape)
     model_shape = getattr(model, "image_shape", None)
@@ -335,12 +335,7 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
             source.images().map(sources.to_float), tf.data.Dataset.from_tensor_slices(mask)
         ).map(lambda image, m: {"image": image, "mask": tf.cast(m, tf.float32)})
     try:
-        if dequantize != "auto":
-            q = float(dequantize)
-        elif source.dtype == tf.uint8:
-            q = 1.0 / dequantization.LEVELS
-        else:
-            q = dequantization.quantization_step(source.to_array())
+        q = dequantization.quantization_step(source) if dequantize == "auto" else float(dequantize)
     except (TypeError, ValueError):
         q = math.nan
     if not (q >= 0 and math.isfinite(q)):
@@ -377,16 +372,6 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
     return results
 
 
-def _source(images):
-    """`images` (an array or a `sources.ImageSource`) as a source."""
-    if isinstance(images, sources.ImageSource):
-        return images
-    images = np.asarray(images)
-    if images.ndim != 4 or not len(images):
-        raise ValueError(f"`images` must be a non-empty [n, H, W, C] array. Received: shape={images.shape}")
-    return sources.ArraySource(images)
-
-
 def seeded_masks(images, mask, seed=0, batch_size=1024):
     """The masks `score` gives `images` (image `i`: seeded `(seed, i)`), as an
     `[n, H, W, 1 or C]` float32 array, made once for several models.
@@ -394,7 +379,7 @@ def seeded_masks(images, mask, seed=0, batch_size=1024):
     The images are checked as `masks.with_masks` checks them (values in
     [0, 1], finite).
     """
-    data = masks_lib.with_masks(_source(images).images(), mask, seed)
+    data = masks_lib.with_masks(sources.as_source(images).images(), mask, seed)
     data = data.map(lambda element: element["mask"]).batch(batch_size)
     return np.concatenate([batch.numpy() for batch in data])
 

@@ -686,12 +686,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     steps = max(1, len(train_images) // config.batch_size)
     dequantization_step = 0.0
     if config.dequantize != "off":
-        if getattr(train_images, "dtype", None) == tf.uint8:
-            dequantization_step = 1.0 / dequantization.LEVELS
-        else:
-            dequantization_step = dequantization.quantization_step(
-                sources.as_source(train_images).to_array()
-            )
+        dequantization_step = dequantization.quantization_step(train_images)
         if config.dequantize == "on" and not dequantization_step:
             raise ValueError(
                 f"--dequantize=on: the {config.dataset} training images are not 8-bit "
