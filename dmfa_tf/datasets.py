@@ -338,11 +338,6 @@ def _progress(target, verbose):
 # --- CelebA photos -----------------------------------------------------------
 
 
-def _square_tf(image, image_size, crop):
-    """A uint8 photo `[h, w, 3]` to a uint8 `[S, S, 3]` image, as a TF graph."""
-    return sources.square_photo(image, image_size, crop)
-
-
 def _decode_photos(paths, image_size, crop, verbose, out=None):
     """Decodes and crops photo files in parallel with tf.data, into `out` (an
     array or memmap `[len(paths), S, S, 3]`, new when None), batch by batch.
@@ -549,13 +544,26 @@ def cache_path(key, stem, cache=True):
     return os.path.join(folder, f"{stem}-{digest}.npy")
 
 
-def _spilled(shape, decode):
-    """`decode(out)` into a memmap of an unlinked temporary file."""
-    handle, temporary = tempfile.mkstemp(prefix="dmfa_tf-", suffix=".npy")
+def _new_memmap(shape, folder=None, prefix="dmfa_tf-"):
+    """`(path, out)`: a uint8 `.npy` memmap of `shape` in a new temporary file
+    of `folder` (the system's temporary folder when None), its whole size
+    reserved now, so that a full disk is an OSError here, not a SIGBUS while
+    `out` is written. Nothing is left behind on error."""
+    handle, temporary = tempfile.mkstemp(prefix=prefix, suffix=".npy", dir=folder)
     os.close(handle)
     try:
         out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
         _reserve(temporary)
+    except BaseException:
+        os.remove(temporary)
+        raise
+    return temporary, out
+
+
+def _spilled(shape, decode):
+    """`decode(out)` into a memmap of an unlinked temporary file."""
+    temporary, out = _new_memmap(shape)
+    try:
         decode(out)
         out.flush()
         return np.load(temporary, mmap_mode="r", allow_pickle=False)
@@ -564,8 +572,7 @@ def _spilled(shape, decode):
 
 
 def _reserve(path):
-    """Allocates the whole file now: a full disk is an OSError here, not a
-    SIGBUS while the memmap is written."""
+    """Allocates the whole file now (see `_new_memmap`)."""
     with open(path, "r+b") as f:
         try:
             os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
@@ -602,17 +609,10 @@ def _cached(key, stem, shape, decode, cache, spill=False):
             raise ValueError(f"it holds {images.dtype} {images.shape}, not uint8 {shape}")
         except (OSError, ValueError, EOFError) as error:
             warnings.warn(f"Ignoring the unreadable cache file {path}: {error}", stacklevel=3)
-    folder = os.path.dirname(path)
-    temporary = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
-        os.close(handle)
-        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
-        _reserve(temporary)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary, out = _new_memmap(shape, os.path.dirname(path), prefix=".tmp-")
     except OSError as error:
-        if temporary is not None and os.path.exists(temporary):
-            os.remove(temporary)
         warnings.warn(f"Could not write the cache file {path}: {error}", stacklevel=3)
         return decode(np.empty(shape, np.uint8))
     try:
@@ -881,20 +881,17 @@ def _restore_order(name, builder, split, images, labels, ids):
     return images[order], None if labels is None else labels[order]
 
 
-def _read_tfds_split(name, builder, split, image_size, crop, verbose):
-    """One TFDS split as uint8 images and int64 labels (or None), source order."""
+def _read_tfds_split(name, builder, split, verbose):
+    """One TFDS split of a fixed-size data set as uint8 images and int64 labels
+    (or None), source order (celeb_a: `_decode_tfds_celeba`)."""
     import tensorflow as tf
 
     features = builder.info.features
     has_label = "label" in features
     has_id = "id" in features
-    celeb = name == "celeb_a"
 
     def convert(example):
-        image = example["image"]
-        if celeb:
-            image = _square_tf(image, image_size, crop)
-        out = {"image": image}
+        out = {"image": example["image"]}
         if has_label:
             out["label"] = example["label"]
         if has_id:
@@ -977,7 +974,7 @@ def _load_tfds(name, builder, image_size, crop, cache, verbose, stream=False):
                 spill=stream,
             )
         else:
-            images, labels = _read_tfds_split(name, builder, split, image_size, crop, verbose)
+            images, labels = _read_tfds_split(name, builder, split, verbose)
         arrays[split] = (images if stream else _to_float(images), labels)  # stream: uint8
     if "validation" in arrays:
         return Splits(
