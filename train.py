@@ -26,7 +26,7 @@ def parse_args(argv=None):
     )
     choices = {
         "dataset": sorted(DATASET_DEFAULTS),
-        "architecture": ["fullconv", "linear_heads", "mlp"],
+        "architecture": ["fullconv", "linear_heads", "mlp", "tabular"],
         "strategy": list(STRATEGIES),
         "factor_activation": ["sigmoid", "tanh", "linear"],
         "precision": ["auto", "float32", "mixed_bfloat16"],
@@ -42,7 +42,8 @@ def parse_args(argv=None):
     }
     helps = {
         "dataset": "data set, named as in tensorflow-datasets (default: digits, "
-        "scikit-learn's bundled 8x8 digits)",
+        "scikit-learn's bundled 8x8 digits); tables: csv (--data-dir=FILE.csv or .npz), or "
+        "scikit-learn's bundled iris, wine, breast_cancer, diabetes",
         "data_dir": "a TFDS data_dir, or the local files: the IDX files' folder "
         "(mnist, fashion_mnist), CelebA's photo folder, or a .npz file "
         "(default: TFDS's ~/tensorflow_datasets)",
@@ -51,11 +52,13 @@ def parse_args(argv=None):
         "crop": "celeb_a: paper (resize to 1.875x the size, aspect not kept, then "
         "centre crop; default) or aspect (centre square of the photo, then resize)",
         "download": "let TFDS download the data set (needs internet access)",
-        "architecture": "network (default per data set: digits mlp, others fullconv)",
-        "components": "K, mixture components (default 1)",
+        "architecture": "network (default per data set: digits mlp, tables tabular, others "
+        "fullconv)",
+        "components": "K, mixture components (default 1; tables 3)",
         "factors": "L, factors per component (default 4)",
         "hole": "training hole HxW (default per data set: digits 4x4, mnist 14x14)",
-        "mask": "training mask spec instead of --hole, e.g. '14x14~2|dropout:0.5'",
+        "mask": "training mask spec instead of --hole, e.g. '14x14~2|dropout:0.5'; tables: "
+        "dropout:R, each cell missing with probability R (default dropout:0.2)",
         "test_mask": "validation and test mask spec (default: the training mask)",
         "epochs": "epochs (default per data set)",
         "batch_size": "global batch size (default 64)",
@@ -73,7 +76,10 @@ def parse_args(argv=None):
         "off (default), auto (on for 8-bit data, values k/255, such as MNIST and CelebA; "
         "nothing to do for other data) or on",
         "width": "fullconv: base channels (default 32); mlp: units of each of the two "
-        "hidden layers (default 256)",
+        "hidden layers (default 256); tabular: units (default 256)",
+        "val_fraction": "tables: share of rows held out for validation (default 0.2)",
+        "test_fraction": "tables: share of rows held out for test (default 0.2; 0 trains on "
+        "every other row, e.g. to impute the same file afterwards)",
         "lr_schedule": "constant (default) or cosine (decays to 1%% of the rate over the run)",
         "seed": "seed of weights, shuffling and training masks (default 0)",
         "eval_seed": "seed of the validation and test masks (default 0)",
@@ -127,7 +133,8 @@ def parse_args(argv=None):
                           "mfa_components", "mfa_factors", "mfa_iterations",
                           "objective_switch_epoch"):
             kind = int
-        if field.name in ("learning_rate", "factor_amplitude", "variance_floor"):
+        if field.name in ("learning_rate", "factor_amplitude", "variance_floor",
+                          "val_fraction", "test_fraction"):
             kind = float
         parser.add_argument(
             flag,
@@ -156,7 +163,12 @@ def main(argv=None):
         except (ValueError, RuntimeError) as error:
             print(f"train.py: error: --strategy=multi_worker: {error}", file=sys.stderr)
             return 2
-    from dmfa_tf.training import train_and_evaluate
+    from dmfa_tf.config import TABULAR_DATASETS
+
+    if config.dataset in TABULAR_DATASETS:
+        from dmfa_tf.tabular import train_and_evaluate
+    else:
+        from dmfa_tf.training import train_and_evaluate
 
     try:
         train_and_evaluate(config, verbose=0 if quiet else 1)

@@ -9,7 +9,7 @@ import json
 
 __all__ = [
     "DATASET_DEFAULTS", "DEQUANTIZE", "MFA_INITS", "MFA_NOISE_TYPES", "LR_SCHEDULES", "MODELS", "SELECT_METRICS",
-    "STRATEGIES", "TrainConfig", "parse_select",
+    "STRATEGIES", "TABULAR_DATASETS", "TrainConfig", "parse_select",
 ]
 
 # Defaults that depend on the data set; any flag given overrides them. `objective`
@@ -43,6 +43,20 @@ DATASET_DEFAULTS = {
         mfa_components=300, mfa_factors=10,
     ),
 }
+
+# Tables (dmfa_tf.tabular): rows of numeric cells, MCAR masks drawn on top of
+# the cells missing in the data. An epoch is at least 100 steps.
+TABLE_DEFAULTS = dict(
+    architecture="tabular", mask="dropout:0.2", epochs=30, batch_size=64, learning_rate=1e-3,
+    components=3, factors=4, val_fraction=0.2, test_fraction=0.2,
+)
+TABULAR_DATASETS = ("csv", "iris", "wine", "breast_cancer", "diabetes")  # as dmfa_tf.tables
+for _name in TABULAR_DATASETS:
+    DATASET_DEFAULTS[_name] = dict(TABLE_DEFAULTS)
+# Settings of tables only; images take their split from the data set.
+TABLE_ONLY = ("val_fraction", "test_fraction")
+# Settings of images only.
+IMAGE_ONLY = ("image_size", "hole", "mfa_components", "mfa_factors", "train_absent")
 
 CROPS = ("paper", "aspect")  # as dmfa_tf.datasets.CROPS
 
@@ -107,8 +121,8 @@ class TrainConfig:
     crop: str = "paper"  # CelebA: "paper" (resize 1.875 S, centre crop S) or "aspect"
     download: bool = False  # let TFDS download the data (machines with internet only)
     architecture: str = None
-    components: int = 1
-    factors: int = 4
+    components: int = None  # default 1 (tables: 3)
+    factors: int = None  # default 4
     hole: str = None  # "HxW": a rectangle; `mask` takes any mask spec instead
     mask: str = None
     test_mask: str = None  # default: the training mask
@@ -158,6 +172,9 @@ class TrainConfig:
     # Make training data incomplete: a mask spec whose 0 pixels are absent in each training
     # image, fixed per image (seeded), e.g. "dropout:0.3"; implies nonfinite="absent"
     train_absent: str = None
+    # Tables: the shares of rows held out for validation and test (seeded by `seed`)
+    val_fraction: float = None
+    test_fraction: float = None
 
     def resolved(self):
         """A copy with every default filled in and every value checked."""
@@ -167,7 +184,7 @@ class TrainConfig:
             )
         values = dataclasses.asdict(self)
         self._check_applicable(values)
-        for key, value in DATASET_DEFAULTS[self.dataset].items():
+        for key, value in {"components": 1, "factors": 4, **DATASET_DEFAULTS[self.dataset]}.items():
             if values[key] is None:
                 values[key] = value
         # An MFA run does not overwrite the data set's DMFA model by default.
@@ -190,7 +207,7 @@ class TrainConfig:
     def _check_applicable(self, values):
         """Flags given for what they do not apply to are errors, not silently
         ignored (and then recorded in config.json as if they had acted)."""
-        defaults = dict(DATASET_DEFAULTS.get(self.dataset, {}))
+        defaults = {"components": 1, "factors": 4, **DATASET_DEFAULTS.get(self.dataset, {})}
         defaults.setdefault("objective", "nll")
 
         def given(keys, where):  # set, and not to what resolution fills in (idempotent)
@@ -206,6 +223,15 @@ class TrainConfig:
             given(("mfa_components", "mfa_factors"), "to --model=mfa only")
         if self.dataset != "celeb_a" and self.crop != "paper":
             problems.append(f"--crop applies to celeb_a only, not to {self.dataset}")
+        if self.dataset in TABULAR_DATASETS:
+            given(IMAGE_ONLY, f"to images, not to the table {self.dataset}")
+            if self.model != "dmfa":
+                problems.append(f"--model={self.model} applies to images, not to tables")
+            for key, allowed in (("strategy", "default"), ("dequantize", "off")):
+                if values[key] != allowed:
+                    problems.append(f"--{key}={values[key]} applies to images, not to tables")
+        else:
+            given(TABLE_ONLY, f"to tables, not to {self.dataset}")
         if problems:
             raise ValueError("; ".join(problems) + ".")
 
@@ -219,6 +245,12 @@ class TrainConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{key}` must be a positive integer. Received: {key}={value!r}")
+        for key in ("val_fraction", "test_fraction"):
+            value = getattr(self, key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1
+            ):
+                raise ValueError(f"`{key}` must be in [0, 1). Received: {key}={value!r}")
         for key in ("max_train_images", "max_test_images", "width"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -287,6 +319,8 @@ class TrainConfig:
             )
         for key in ("mfa_components", "mfa_factors", "mfa_iterations"):
             value = getattr(self, key)
+            if value is None and self.dataset in TABULAR_DATASETS:
+                continue  # no MFA for tables
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{key}` must be a positive integer. Received: {key}={value!r}")
         for key, allowed in (

@@ -82,8 +82,10 @@ class ObservedInput(keras.layers.Layer):
     Args:
         validate: check every batch and stop with an error naming the problem
             when the mask holds values other than 1, 0 and -1, or observed
-            pixels are NaN, inf or outside [0, 1]. The checks are TensorFlow
-            assertions: XLA-compiled functions leave them out.
+            pixels are NaN, inf or (with `bounded`) outside [0, 1]. The checks
+            are TensorFlow assertions: XLA-compiled functions leave them out.
+        bounded: observed values are pixels in [0, 1] (True, the default);
+            False for unbounded values such as standardised table cells.
 
     Input shape:
         `image`: `[B, H, W, C]`; `mask`: `[B, H, W, 1]` or `[B, H, W, C]`.
@@ -92,21 +94,23 @@ class ObservedInput(keras.layers.Layer):
         `[B, H, W, 2 * C]`.
     """
 
-    def __init__(self, validate=True, **kwargs):
+    def __init__(self, validate=True, bounded=True, **kwargs):
         super().__init__(**kwargs)
         self.validate = bool(validate)
+        self.bounded = bool(bounded)
 
     def call(self, image, mask):
         _check_mask_shape(image.shape, mask.shape)
         known = ops.broadcast_to(ops.greater(mask, 0.5), ops.shape(image))
         visible = ops.where(known, image, ops.zeros_like(image))
         if self.validate:
-            visible = _checked(visible, known, mask)
+            visible = _checked(visible, known, mask, self.bounded)
         return ops.concatenate([visible, ops.cast(known, image.dtype)], axis=-1)
 
     def get_config(self):
         config = super().get_config()
         config["validate"] = self.validate
+        config["bounded"] = self.bounded
         return config
 
 
@@ -131,8 +135,9 @@ def _check_mask_shape(image_shape, mask_shape):
         )
 
 
-def _checked(visible, known, mask):
-    """`visible` behind assertions on the mask codes and the observed pixels."""
+def _checked(visible, known, mask, bounded=True):
+    """`visible` behind assertions on the mask codes and the observed pixels
+    (finite; in [0, 1] if `bounded`)."""
     checks = [
         tf.debugging.Assert(
             tf.reduce_all((mask == 1.0) | (mask == 0.0) | (mask == -1.0)),
@@ -142,11 +147,12 @@ def _checked(visible, known, mask):
             tf.reduce_all(tf.math.is_finite(visible)),
             ["dmfa_tf: `image` holds NaN or inf at observed pixels (mask 1)."],
         ),
-        tf.debugging.Assert(
+    ]
+    if bounded:
+        checks.append(tf.debugging.Assert(
             tf.reduce_all((visible >= 0.0) & (visible <= 1.0)),
             ["dmfa_tf: `image` holds values outside [0, 1] at observed pixels (mask 1)."],
-        ),
-    ]
+        ))
     with tf.control_dependencies(checks):
         return tf.identity(visible)
 

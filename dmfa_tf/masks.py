@@ -308,7 +308,7 @@ def from_config(config):
     return parse(config["spec"])
 
 
-def with_masks(dataset, generator, seed, nonfinite="error", indexed=False):
+def with_masks(dataset, generator, seed, nonfinite="error", indexed=False, bounded=True):
     """Adds a seeded mask to every image of a data set.
 
     Args:
@@ -324,10 +324,13 @@ def with_masks(dataset, generator, seed, nonfinite="error", indexed=False):
             error that names the element. `"absent"`: mark them -1 in the mask
             (absent, not scored) and zero them in the image, which trains on
             incomplete data; the mask then has the image's channels.
+        bounded: values are pixels in [0, 1] (True); False for unbounded
+            values (standardised table cells, `dmfa_tf.tabular`).
 
     Returns:
-        A data set of `{"image": [H, W, C], "mask": [H, W, 1 or C]}`. Values
-        outside [0, 1] stop the pipeline with an error naming the element.
+        A data set of `{"image": [H, W, C], "mask": [H, W, 1 or C]}`. With
+        `bounded`, values outside [0, 1] stop the pipeline with an error
+        naming the element.
     """
     generator = parse(generator)
     if nonfinite not in ("error", "absent"):
@@ -353,7 +356,7 @@ def with_masks(dataset, generator, seed, nonfinite="error", indexed=False):
                 tf.reduce_all((clean >= 0.0) & (clean <= 1.0)),
                 ["Pixel values outside [0, 1] in the image at index", index],
             )
-        ]
+        ] if bounded else []
         if nonfinite == "error":
             checks.append(
                 tf.debugging.Assert(

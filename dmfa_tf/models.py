@@ -11,6 +11,10 @@ log-likelihood as its loss, so training is `model.compile(optimizer)` then
 | `linear_heads` | the paper's: 4 convolutions (5x5, 5x5, 5x5, 3x3; 16, 32, 64, 32 or 24 channels), dense heads on the flattened features | `a = 0.5`, floor `1e-10` (the paper's) |
 | `fullconv` | U-Net encoder-decoder (3 levels, 32 base channels, global context) with convolutional heads; the weight count does not depend on the image size | `a = 0.5`, floor `1e-4` |
 | `mlp` | two dense layers of 256 units, dense heads; for small inputs (8x8 digits) | `a = 0.5`, floor `1e-4` |
+| `tabular` | for table rows (`[B, 1, D, 1]`, standardised cells): a dense layer of 256 units and 2 residual blocks (layer norm, two dense layers), dense heads | `a = 4`, floor `1e-3` |
+
+Rows of a table are events of shape `(1, D, 1)`; their models are built with
+`bounded_inputs=False` (cells are not pixels in [0, 1]): `dmfa_tf.tabular`.
 """
 
 import keras
@@ -100,10 +104,34 @@ def _mlp(inputs, image_shape, hidden=(256, 256)):
     return x, DenseMixtureHead, dict(factor_amplitude=0.5, variance_floor=1e-4)
 
 
+def _tabular(inputs, image_shape, width=256, blocks=2, dropout=0.0):
+    """Table rows: a dense layer of `width` units, then `blocks` pre-norm
+    residual blocks (layer norm, dense + ReLU, dropout, dense, added back).
+    Heads default to factor loadings in [-2, 2] and a variance floor of 1e-3,
+    on the scale of standardised cells."""
+    for value, what in ((width, "width"), (blocks, "blocks")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if what == "width" else 0):
+            raise ValueError(f"`{what}` must be a positive integer. Received: {what}={value!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(width, name="embed")(x)
+    for i in range(blocks):
+        h = keras.layers.LayerNormalization(name=f"block{i}_norm")(x)
+        h = keras.layers.Dense(width, activation="relu", name=f"block{i}_dense0")(h)
+        if dropout:
+            h = keras.layers.Dropout(dropout, name=f"block{i}_dropout")(h)
+        h = keras.layers.Dense(width, name=f"block{i}_dense1")(h)
+        x = keras.layers.Add(name=f"block{i}_add")([x, h])
+    x = keras.layers.Activation("relu", name="features")(x)
+    return x, DenseMixtureHead, dict(factor_amplitude=4.0, variance_floor=1e-3)
+
+
 ARCHITECTURES = {
     "linear_heads": _linear_heads,
     "fullconv": _fullconv,
     "mlp": _mlp,
+    "tabular": _tabular,
 }
 
 
@@ -116,8 +144,10 @@ def width_kwargs(architecture, width):
         return {"width": width}
     if architecture == "mlp":
         return {"hidden": (width, width)}
+    if architecture == "tabular":
+        return {"width": width}
     raise ValueError(
-        "`width` applies to the fullconv and mlp architectures only. "
+        "`width` applies to the fullconv, mlp and tabular architectures only. "
         f"Received: architecture={architecture!r}, width={width!r}"
     )
 
@@ -160,7 +190,7 @@ def resolve_precision(precision, architecture="fullconv"):
 
 # `jit_compile="auto"` on CPU, per architecture, from benchmarks/bench_training.py
 # (README, "Speed"): XLA where the whole step, compile time included, is faster.
-CPU_XLA = {"linear_heads": True, "fullconv": True, "mlp": False}
+CPU_XLA = {"linear_heads": True, "fullconv": True, "mlp": False, "tabular": False}
 
 
 # With jit_compile="auto", `fit` compiles with XLA only runs of at least this
@@ -264,6 +294,7 @@ def build_model(
     variance_activation="sigmoid",
     name=None,
     precision="auto",
+    bounded_inputs=True,
     **architecture_kwargs,
 ):
     """Builds a DMFA network.
@@ -288,8 +319,10 @@ def build_model(
             CPUs with AVX512-BF16 / AMX, oneDNN runs bfloat16 convolutions and
             matmuls about 1.5-2x faster (README, "Speed"); XLA on CPU does not,
             so `jit_compile="auto"` leaves it off for such a model.
+        bounded_inputs: observed values are pixels in [0, 1], checked by the
+            input layer (True); False for unbounded values (table cells).
         **architecture_kwargs: `last_channels` (linear_heads), `width` and
-            `depth` (fullconv), `hidden` (mlp).
+            `depth` (fullconv), `hidden` (mlp), `width`, `blocks` and `dropout` (tabular).
 
     Returns:
         A `DMFAModel`.
@@ -311,7 +344,7 @@ def build_model(
     precision = resolve_precision(precision, architecture)
     image = keras.Input(shape=image_shape, name="image")
     mask = keras.Input(shape=image_shape[:2] + (None,), name="mask")
-    network_input = ObservedInput(name="observed_input")(image, mask)
+    network_input = ObservedInput(bounded=bounded_inputs, name="observed_input")(image, mask)
     # The backbone's layers take the dtype policy in force when they are made
     # (and save it in their config); the head below is made after, in float32.
     previous_policy = keras.config.dtype_policy()

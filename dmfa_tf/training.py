@@ -122,7 +122,8 @@ def worker_index(strategy):
     return None if (task_type == "worker" and task_id == 0 and not has_chief) else int(task_id)
 
 
-def training_data(images, mask, batch_size, seed, nonfinite="error", input_context=None):
+def training_data(images, mask, batch_size, seed, nonfinite="error", input_context=None,
+                  bounded=True):
     """An endless, shuffled, masked, batched data set of `{"image", "mask"}`.
 
     `images` is an array or a `sources.ImageSource` (a memory-mapped cache, photo
@@ -144,6 +145,7 @@ def training_data(images, mask, batch_size, seed, nonfinite="error", input_conte
     `[j b / P, (j + 1) b / P)` for pipeline `j` of `P`, batched per replica. The
     elements keep their positions in the whole stream, so the workers together
     train on exactly the batches (images and masks) of one process.
+    `bounded=False`: values are not pixels in [0, 1] (table cells).
     """
     source = sources.as_source(images)
     count = len(source)
@@ -174,16 +176,18 @@ def training_data(images, mask, batch_size, seed, nonfinite="error", input_conte
     data = source.read(stream.map(lambda p, i: {"position": p, "index": i}))
     data = data.map(lambda element: (element["position"], element["image"]))
     data = masks_lib.with_masks(
-        data, mask, seed + TRAIN_MASK_OFFSET, nonfinite=nonfinite, indexed=True
+        data, mask, seed + TRAIN_MASK_OFFSET, nonfinite=nonfinite, indexed=True, bounded=bounded
     )
     return data.batch(out_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def evaluation_data(images, mask, batch_size, seed):
+def evaluation_data(images, mask, batch_size, seed, nonfinite="error", bounded=True):
     """The images (an array or a `sources.ImageSource`) in order, image `i` with
-    the mask seeded `(seed, i)`, batched."""
+    the mask seeded `(seed, i)`, batched (`nonfinite`, `bounded`: as
+    `masks.with_masks`)."""
     data = sources.as_source(images).images()
-    return masks_lib.with_masks(data, mask, seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    data = masks_lib.with_masks(data, mask, seed, nonfinite=nonfinite, bounded=bounded)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def hardware_description():
@@ -212,7 +216,7 @@ def inference_copy(model):
 
 # What a model folder written by `write_outputs` holds: replacing such a folder
 # loses nothing that is not ours.
-OUTPUT_FILES = frozenset({"model.keras", "mfa.npz", "config.json", "metrics.json"})
+OUTPUT_FILES = frozenset({"model.keras", "mfa.npz", "config.json", "metrics.json", "table.json"})
 
 
 def _nearest_existing(path):
