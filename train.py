@@ -77,10 +77,12 @@ def parse_args(argv=None):
         "nothing to do for other data) or on",
         "width": "fullconv: base channels (default 32); mlp: units of each of the two "
         "hidden layers (default 256); tabular: units (default 256)",
+        "dropout": "tabular: dropout rate inside the residual blocks (default 0)",
         "val_fraction": "tables: share of rows held out for validation (default 0.2)",
         "test_fraction": "tables: share of rows held out for test (default 0.2; 0 trains on "
         "every other row, e.g. to impute the same file afterwards)",
-        "lr_schedule": "constant (default) or cosine (decays to 1%% of the rate over the run)",
+        "lr_schedule": "constant (default; tables: cosine) or cosine (decays to 1%% of the rate over "
+        "the run)",
         "seed": "seed of weights, shuffling and training masks (default 0)",
         "eval_seed": "seed of the validation and test masks (default 0)",
         "strategy": "tf.distribute strategy (default: none)",
@@ -134,7 +136,7 @@ def parse_args(argv=None):
                           "objective_switch_epoch"):
             kind = int
         if field.name in ("learning_rate", "factor_amplitude", "variance_floor",
-                          "val_fraction", "test_fraction"):
+                          "val_fraction", "test_fraction", "dropout"):
             kind = float
         parser.add_argument(
             flag,

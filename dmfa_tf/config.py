@@ -47,14 +47,15 @@ DATASET_DEFAULTS = {
 # Tables (dmfa_tf.tabular): rows of numeric cells, MCAR masks drawn on top of
 # the cells missing in the data. An epoch is at least 100 steps.
 TABLE_DEFAULTS = dict(
-    architecture="tabular", mask="dropout:0.2", epochs=30, batch_size=64, learning_rate=1e-3,
-    components=3, factors=4, val_fraction=0.2, test_fraction=0.2,
+    architecture="tabular", mask="dropout:0.2", epochs=60, batch_size=64, learning_rate=1e-3,
+    lr_schedule="cosine", components=3, factors=4, width=128, dropout=0.5, val_fraction=0.2,
+    test_fraction=0.2,
 )
 TABULAR_DATASETS = ("csv", "iris", "wine", "breast_cancer", "diabetes")  # as dmfa_tf.tables
 for _name in TABULAR_DATASETS:
     DATASET_DEFAULTS[_name] = dict(TABLE_DEFAULTS)
 # Settings of tables only; images take their split from the data set.
-TABLE_ONLY = ("val_fraction", "test_fraction")
+TABLE_ONLY = ("val_fraction", "test_fraction", "dropout")
 # Settings of images only.
 IMAGE_ONLY = ("image_size", "hole", "mfa_components", "mfa_factors", "train_absent")
 
@@ -129,7 +130,7 @@ class TrainConfig:
     epochs: int = None
     batch_size: int = None
     learning_rate: float = None
-    lr_schedule: str = "constant"  # "constant" or "cosine" (decays to 1% over the run)
+    lr_schedule: str = None  # "constant" (default; tables: "cosine") or "cosine" (decays to 1% over the run)
     factor_amplitude: float = None
     factor_activation: str = "sigmoid"  # "sigmoid" (the paper's), "tanh" or "linear"
     variance_floor: float = None
@@ -142,6 +143,7 @@ class TrainConfig:
     # data only)
     dequantize: str = "off"
     width: int = None  # fullconv: base channels; mlp: units of each hidden layer
+    dropout: float = None  # tabular: dropout rate inside the residual blocks (default per data set)
     seed: int = 0  # weights, shuffling and training masks
     eval_seed: int = 0  # validation and test masks: mask i is seeded (eval_seed, i)
     strategy: str = "default"
@@ -184,7 +186,8 @@ class TrainConfig:
             )
         values = dataclasses.asdict(self)
         self._check_applicable(values)
-        for key, value in {"components": 1, "factors": 4, **DATASET_DEFAULTS[self.dataset]}.items():
+        for key, value in {"components": 1, "factors": 4, "lr_schedule": "constant",
+                           **DATASET_DEFAULTS[self.dataset]}.items():
             if values[key] is None:
                 values[key] = value
         # An MFA run does not overwrite the data set's DMFA model by default.
@@ -207,7 +210,8 @@ class TrainConfig:
     def _check_applicable(self, values):
         """Flags given for what they do not apply to are errors, not silently
         ignored (and then recorded in config.json as if they had acted)."""
-        defaults = {"components": 1, "factors": 4, **DATASET_DEFAULTS.get(self.dataset, {})}
+        defaults = {"components": 1, "factors": 4, "lr_schedule": "constant",
+                    **DATASET_DEFAULTS.get(self.dataset, {})}
         defaults.setdefault("objective", "nll")
 
         def given(keys, where):  # set, and not to what resolution fills in (idempotent)
@@ -245,7 +249,7 @@ class TrainConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{key}` must be a positive integer. Received: {key}={value!r}")
-        for key in ("val_fraction", "test_fraction"):
+        for key in ("val_fraction", "test_fraction", "dropout"):
             value = getattr(self, key)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1

@@ -104,9 +104,12 @@ def _mlp(inputs, image_shape, hidden=(256, 256)):
     return x, DenseMixtureHead, dict(factor_amplitude=0.5, variance_floor=1e-4)
 
 
-def _tabular(inputs, image_shape, width=256, blocks=2, dropout=0.0):
+def _tabular(inputs, image_shape, width=256, blocks=2, dropout=0.0, skip=True):
     """Table rows: a dense layer of `width` units, then `blocks` pre-norm
-    residual blocks (layer norm, dense + ReLU, dropout, dense, added back).
+    residual blocks (layer norm, dense + ReLU, dropout, dense, added back);
+    with `skip`, the network input (observed cells, observed flags) is also
+    given to the heads, so that they hold a linear regression on the observed
+    cells (a full Gaussian's conditional mean is one per mask).
     Heads default to factor loadings in [-2, 2] and a variance floor of 1e-3,
     on the scale of standardised cells."""
     for value, what in ((width, "width"), (blocks, "blocks")):
@@ -124,6 +127,8 @@ def _tabular(inputs, image_shape, width=256, blocks=2, dropout=0.0):
         h = keras.layers.Dense(width, name=f"block{i}_dense1")(h)
         x = keras.layers.Add(name=f"block{i}_add")([x, h])
     x = keras.layers.Activation("relu", name="features")(x)
+    if skip:
+        x = keras.layers.Concatenate(name="skip")([x, keras.layers.Flatten(name="flat_input")(inputs)])
     return x, DenseMixtureHead, dict(factor_amplitude=4.0, variance_floor=1e-3)
 
 
@@ -135,9 +140,17 @@ ARCHITECTURES = {
 }
 
 
-def width_kwargs(architecture, width):
+def width_kwargs(architecture, width, dropout=None):
     """`build_model` keyword arguments for one `width` flag: fullconv's base
-    channels, or the units of both of mlp's hidden layers (None: none)."""
+    channels, the units of both of mlp's hidden layers, or tabular's units
+    (None: none); and tabular's `dropout` rate."""
+    if dropout is not None:
+        if architecture != "tabular":
+            raise ValueError(
+                "`dropout` applies to the tabular architecture only. "
+                f"Received: architecture={architecture!r}, dropout={dropout!r}"
+            )
+        return {"dropout": dropout, **width_kwargs(architecture, width)}
     if width is None:
         return {}
     if architecture == "fullconv":

@@ -411,7 +411,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         variance_activation=config.variance_activation,
         precision=config.precision,
         bounded_inputs=False,
-        **width_kwargs(config.architecture, config.width),
+        **width_kwargs(config.architecture, config.width, config.dropout),
     )
     model.objective = config.objective
     training.check_free_space(config, model.count_params())

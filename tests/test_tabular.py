@@ -320,8 +320,11 @@ def test_train_py_on_a_csv_with_missing_cells(tmp_path):
     assert train.main([
         "--dataset=csv", f"--data-dir={tmp_path / 'data.csv'}", "--epochs=1", "--width=16",
         f"--output={tmp_path / 'model'}", f"--workdir={tmp_path / 'run'}", "--quiet",
+        f"--export={tmp_path / 'serving'}",
     ]) == 0
     metrics = json.load(open(tmp_path / "model" / "metrics.json"))
+    export_info = json.load(open(tmp_path / "serving" / "csv" / "1" / "export.json"))
+    assert export_info["columns"] == ["u", "v", "w"]
     assert metrics["missing_in_data"] == pytest.approx(np.isnan(values).mean())
     assert metrics["scores"]["DMFA"]["cells"] > 0
     assert train.main(["--dataset=csv", f"--data-dir={tmp_path / 'none.csv'}", "--quiet",
