@@ -392,8 +392,9 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     keras.utils.set_random_seed(config.seed)
     table = tables.load_table(config.dataset, config.data_dir)
     train_rows, val_rows, test_rows = split_for(config, table)
-    if config.max_train_images:
-        train_rows = train_rows[: config.max_train_images]
+    # --max-train-images / --max-test-images cap the rows, as they cap images.
+    train_rows = train_rows[: config.max_train_images]
+    test_rows = test_rows[: config.max_test_images]
     standardizer = Standardizer.fit(table.values[train_rows])
     std = standardizer.transform(table.values).astype(np.float32)
     generator = masks_lib.parse(config.mask)
