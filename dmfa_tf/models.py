@@ -11,7 +11,7 @@ log-likelihood as its loss, so training is `model.compile(optimizer)` then
 | `linear_heads` | the paper's: 4 convolutions (5x5, 5x5, 5x5, 3x3; 16, 32, 64, 32 or 24 channels), dense heads on the flattened features | `a = 0.5`, floor `1e-10` (the paper's) |
 | `fullconv` | U-Net encoder-decoder (3 levels, 32 base channels, global context) with convolutional heads; the weight count does not depend on the image size | `a = 0.5`, floor `1e-4` |
 | `mlp` | two dense layers of 256 units, dense heads; for small inputs (8x8 digits) | `a = 0.5`, floor `1e-4` |
-| `tabular` | for table rows (`[B, 1, D, 1]`, standardised cells): a dense layer of 256 units and 2 residual blocks (layer norm, two dense layers), dense heads | `a = 4`, floor `1e-3` |
+| `tabular` | for table rows (`[B, 1, D, 1]`, standardised cells): a dense layer of 256 units (tables' default: 128), 2 residual blocks (layer norm, two dense layers, dropout), dense heads that also see the network input | `a = 4`, floor `1e-3` |
 
 Rows of a table are events of shape `(1, D, 1)`; their models are built with
 `bounded_inputs=False` (cells are not pixels in [0, 1]): `dmfa_tf.tabular`.
@@ -112,9 +112,9 @@ def _tabular(inputs, image_shape, width=256, blocks=2, dropout=0.0, skip=True):
     cells (a full Gaussian's conditional mean is one per mask).
     Heads default to factor loadings in [-2, 2] and a variance floor of 1e-3,
     on the scale of standardised cells."""
-    for value, what in ((width, "width"), (blocks, "blocks")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if what == "width" else 0):
-            raise ValueError(f"`{what}` must be a positive integer. Received: {what}={value!r}")
+    for value, what, least in ((width, "width", 1), (blocks, "blocks", 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"`{what}` must be an integer >= {least}. Received: {what}={value!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
     x = keras.layers.Flatten()(inputs)
