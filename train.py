@@ -79,8 +79,8 @@ def parse_args(argv=None):
         "hidden layers (default 256); tabular: units (default 256)",
         "dropout": "tabular: dropout rate inside the residual blocks (default 0)",
         "val_fraction": "tables: share of rows held out for validation (default 0.2)",
-        "test_fraction": "tables: share of rows held out for test (default 0.2; 0 trains on "
-        "every other row, e.g. to impute the same file afterwards)",
+        "test_fraction": "tables: share of rows held out for test (default 0.2; 0 holds none "
+        "back, e.g. to impute the same file afterwards)",
         "lr_schedule": "constant (default; tables: cosine) or cosine (decays to 1%% of the rate over "
         "the run)",
         "seed": "seed of weights, shuffling and training masks (default 0)",

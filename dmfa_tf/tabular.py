@@ -392,6 +392,8 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     keras.utils.set_random_seed(config.seed)
     table = tables.load_table(config.dataset, config.data_dir)
     train_rows, val_rows, test_rows = split_for(config, table)
+    if not len(val_rows) and config.select != "last":
+        raise ValueError("With no validation rows (--val-fraction=0), use --select=last.")
     # --max-train-images / --max-test-images cap the rows, as they cap images.
     train_rows = train_rows[: config.max_train_images]
     test_rows = test_rows[: config.max_test_images]
@@ -445,8 +447,6 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             np.tile(events(val_rows), (VALIDATION_REPEATS, 1, 1, 1)), generator,
             _BATCH, config.eval_seed, nonfinite="absent", bounded=False,
         )
-    elif config.select != "last":
-        raise ValueError("With no validation rows (val_fraction 0), use --select=last.")
     train_started = time.time()
     model.fit(
         training.training_data(

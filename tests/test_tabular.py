@@ -220,7 +220,7 @@ def test_table_model_rejects_bad_rows(random_table_model):
 # === Configuration ===
 
 
-def test_table_settings_are_checked():
+def test_table_settings_are_checked(tmp_path):
     config = TrainConfig(dataset="iris").resolved()
     assert (config.architecture, config.mask, config.components, config.factors) == (
         "tabular", "dropout:0.2", 3, 4)
@@ -236,6 +236,11 @@ def test_table_settings_are_checked():
         TrainConfig(dataset="iris", test_fraction=1.5).resolved()
     with pytest.raises(ValueError, match="Tables take MCAR masks"):
         tabular.mcar_rate("4x4")
+    with pytest.raises(ValueError, match="no validation rows.*--select=last"):
+        tabular.train_and_evaluate(TrainConfig(
+            dataset="iris", val_fraction=0.0, output=str(tmp_path / "m"),
+            workdir=str(tmp_path / "r")), verbose=0)
+    assert not os.path.exists(tmp_path / "m")
 
 
 # === Training, evaluate.py, impute.py and the SavedModel ===
