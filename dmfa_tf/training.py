@@ -185,9 +185,14 @@ def evaluation_data(images, mask, batch_size, seed, nonfinite="error", bounded=T
     """The images (an array or a `sources.ImageSource`) in order, image `i` with
     the mask seeded `(seed, i)`, batched (`nonfinite`, `bounded`: as
     `masks.with_masks`)."""
-    data = sources.as_source(images).images()
-    data = masks_lib.with_masks(data, mask, seed, nonfinite=nonfinite, bounded=bounded)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    source = sources.as_source(images)
+    data = masks_lib.with_masks(source.images(), mask, seed, nonfinite=nonfinite, bounded=bounded)
+    # A stated cardinality lets Keras size the validation pass; without it the
+    # first pass ends in a StopIteration that Keras reports as "Your input ran
+    # out of data; interrupting training", although nothing was cut short.
+    batches = -(-len(source) // batch_size)
+    data = data.batch(batch_size).apply(tf.data.experimental.assert_cardinality(batches))
+    return data.prefetch(tf.data.AUTOTUNE)
 
 
 def hardware_description():

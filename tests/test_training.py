@@ -843,3 +843,17 @@ def test_factor_activation_and_precision_flags_reach_the_model(tmp_path):
     assert model.head.compute_dtype == "float32"
     metrics = json.loads((tmp_path / "saved" / "digits" / "metrics.json").read_text())
     assert metrics["model"]["precision"] == "mixed_bfloat16"
+
+
+def test_evaluation_stream_states_its_batch_count():
+    """Keras sizes a validation pass from the stream's cardinality; without it
+    the first pass ends in a spurious "ran out of data" warning."""
+    import tensorflow as tf
+
+    from dmfa_tf import masks, training
+
+    images = np.random.default_rng(0).random((10, 4, 4, 1), dtype=np.float32)
+    data = training.evaluation_data(images, masks.parse("2x2"), 4, seed=0)
+    assert int(data.cardinality()) == 3
+    batches = [int(tf.nest.flatten(x)[0].shape[0]) for x in data]
+    assert batches == [4, 4, 2]
