@@ -65,10 +65,22 @@ def parse_args(argv=None):
         "--mosaic-baseline",
         help="model whose imputation gets a mosaic column (default: the first --compare model)",
     )
+    parser.add_argument(
+        "--fit-recalibration", action="store_true",
+        help="fit the map that recalibrates the model's per-pixel intervals on this split "
+        "(--split=val) and write it into the model folder as recalibration.json; later "
+        "evaluations report raw and recalibrated coverage (see the README, Calibration)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the table and errors")
     args = parser.parse_args(argv)
     if not args.model and not args.compare:
         parser.error("give --model (and/or --compare)")
+    if args.fit_recalibration:
+        if args.split != "val":
+            parser.error("--fit-recalibration fits on held-out data the model is then not "
+                         "scored on: give --split=val")
+        if args.compare:
+            parser.error("--fit-recalibration takes one --model and no --compare")
     if args.hole and args.mask:
         parser.error("give --hole or --mask, not both")
     for name in ("batch_size", "limit", "mosaic_images"):
@@ -147,7 +159,7 @@ def evaluate(args):
     if _is_table_model(args.model):
         return evaluate_table(args)
 
-    from dmfa_tf import datasets, evaluation, masks, saving, training
+    from dmfa_tf import datasets, evaluation, masks, recalibration, saving, training
 
     specs = [evaluation.parse_model_spec(t) for t in ([args.model] if args.model else []) + args.compare]
     mosaic_spec = evaluation.parse_model_spec(args.mosaic_baseline) if args.mosaic_baseline else None
@@ -192,6 +204,8 @@ def evaluate(args):
         "results",
         f"{_slug(specs[0].label)}-{dataset}-{_slug(generator.spec())}-seed{args.seed}",
     )
+    if args.fit_recalibration:
+        return fit_recalibration(args, specs[0], images, generator, dataset, output, verbose)
     rows, summary, loaded = [], {}, {}
     for spec in specs:
         if spec.is_baseline and spec.path == "diagonal":
@@ -205,9 +219,10 @@ def evaluate(args):
                   f"masks {generator.spec()} (seed {args.seed})")
         # Each model's masks are made in its pipeline, image i's seeded
         # (seed, i): every model is scored on the same masks.
+        fitted = None if spec.is_baseline else recalibration.load(spec.path, generator.spec())
         scores, seconds = evaluation.timed_score(
             model, images, generator, args.seed, args.batch_size, verbose,
-            dequantize="auto" if args.dequantize == "auto" else 0.0,
+            dequantize="auto" if args.dequantize == "auto" else 0.0, recalibration=fitted,
         )
         name = "per_image.csv" if len(specs) == 1 else f"per_image_{_slug(spec.label)}.csv"
         evaluation.write_csv(os.path.join(output, name), scores, labels)
@@ -222,6 +237,8 @@ def evaluate(args):
             "images_per_second": round(len(images) / seconds, 1),
             **metrics,
         }
+        if fitted is not None:
+            summary[spec.label]["recalibration"] = fitted.fitted_on
 
     table = evaluation.comparison_table(rows)
     result = {
@@ -282,6 +299,44 @@ def evaluate(args):
     print(f"Wrote {output}/ (summary.json, per-image CSV{', comparison.md' if len(specs) > 1 else ''})"
           + (f" and {args.mosaic}" if args.mosaic else ""))
     return result
+
+
+def fit_recalibration(args, spec, images, generator, dataset, output, verbose):
+    """`--fit-recalibration`: the PIT histogram of the split's missing pixels
+    (at the values `--dequantize` says) becomes the model folder's
+    `recalibration.json` (`dmfa_tf.recalibration`)."""
+    from dmfa_tf import evaluation, recalibration
+
+    if spec.is_baseline or not os.path.isfile(os.path.join(spec.path, "model.keras")):
+        raise ValueError(
+            f"--fit-recalibration needs a DMFA model folder (with model.keras) to write "
+            f"into; {spec.path!r} is not one."
+        )
+    model = spec.load(dataset=dataset)
+    if verbose:
+        print(f"Fitting the interval recalibration of {spec.label} on {len(images):,} {dataset} "
+              f"{args.split} images, masks {generator.spec()} (seed {args.seed})")
+    scores, seconds = evaluation.timed_score(
+        model, images, generator, args.seed, args.batch_size, verbose,
+        dequantize="auto" if args.dequantize == "auto" else 0.0,
+        pit_histogram_bins=recalibration.BINS,
+    )
+    before = evaluation.calibration(scores)
+    fitted = recalibration.Recalibration.from_counts(scores["pit_histogram"], {
+        "dataset": dataset, "split": args.split, "images": int(len(images)),
+        "mask": generator.spec(), "seed": args.seed,
+        "dequantization_step": before["dequantization_step"],
+    })
+    path = os.path.join(spec.path, recalibration.FILE)
+    maps = recalibration.with_map(spec.path, fitted)
+    evaluation.write_json(path, recalibration.file_content(maps))
+    print(f"{spec.label} on {fitted.fitted_on['pixels']:,} missing pixels of {len(images):,} "
+          f"{dataset} {args.split} images: raw coverage {100 * before['coverage_50']:.1f}% (50%), "
+          f"{100 * before['coverage_90']:.1f}% (90%); {fitted.groups} group(s) of pixels by "
+          f"predictive sd (bounds {', '.join(f'{b:.3g}' for b in fitted.sd_bounds) or 'none'}), "
+          f"each with its own map ({seconds:.1f} s)")
+    print(f"Wrote {path} (maps for masks {', '.join(m.fitted_on.get('mask', '?') for m in maps)})")
+    return {"calibration": before, "recalibration": fitted.to_dict()}
 
 
 def main(argv=None):

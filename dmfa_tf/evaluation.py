@@ -41,6 +41,8 @@ import numpy as np
 import tensorflow as tf
 
 from dmfa_tf import dequantization, sources
+from dmfa_tf import recalibration as recalibration_lib
+from dmfa_tf.recalibration import marginal_cdf
 from dmfa_tf import masks as masks_lib
 from dmfa_tf.distribution import (
     MISSING,
@@ -73,6 +75,7 @@ METRICS = ("nll", "squared_error", "psnr", "ssim", "mahalanobis")
 COVERAGES = (0.5, 0.9)  # central intervals whose coverage `calibration` reports
 PIT_BINS = 10
 CHI2_TAILS = (0.01, 0.99)
+RECALIBRATED = "recalibrated_"  # prefix of the interval counts read through a recalibration
 # Baseline names `parse_model_spec` knows, fitted to the training split.
 BASELINES = {
     "diagonal": "a Gaussian per pixel (diagonal covariance)",
@@ -81,29 +84,6 @@ BASELINES = {
     "knn": "scikit-learn's KNNImputer (k = 5), imputation only; 'knn:N' uses the "
     "first N training images (all)",
 }
-
-
-def marginal_cdf(dist, x):
-    """Each coordinate's value under its exact 1-D marginal CDF (the PIT).
-
-    Coordinate `i`'s marginal under `dist` is the mixture
-    `sum_k w_k N(loc_k[i], diag_k[i] + sum_l factors_k[i, l]^2)`, `w =
-    softmax(logits)`.
-
-    Args:
-        dist: a `MaskedFactorMixture` with batch shape `[B]`.
-        x: `[B, N]` values.
-
-    Returns:
-        `[B, N]` values in [0, 1] (every coordinate; only the missing ones
-        mean anything).
-    """
-    x = tf.cast(x, dist.dtype)
-    probs = tf.math.softmax(dist.logits, axis=-1)  # [B, K]
-    scale = tf.sqrt(dist.diag + tf.reduce_sum(tf.square(dist.factors), axis=-1))  # [B, K, N]
-    z = (tf.expand_dims(x, -2) - dist.loc) / scale  # [B, K, N]
-    cdf = 0.5 * tf.math.erfc(-z * math.sqrt(0.5))  # Phi(z), accurate in both tails
-    return tf.reduce_sum(tf.expand_dims(probs, -1) * cdf, axis=-2)
 
 
 def _gaussian_kernel(size, sigma=1.5):
@@ -179,20 +159,41 @@ def _batch_metrics(image, flat_mask, predictions, window):
             out[f"inside_{round(100 * alpha)}"] = unknown
         out["pit_counts"] = tf.fill([batch, PIT_BINS], math.nan)
         return out
-    pit = tf.where(scored, pit, tf.constant(0.5, pit.dtype))  # NaN-free outside M
     weight = tf.cast(scored, tf.float32)
+    out.update(_pit_metrics(pit, scored, weight))
+    if "pit_recalibrated" in predictions:  # the same through a recalibration's map
+        out.update(_pit_metrics(predictions["pit_recalibrated"], scored, weight, RECALIBRATED))
+    if "pit_histogram_bins" in predictions:  # pooled over the batch: [1, sd cells, bins]
+        bins = predictions["pit_histogram_bins"]
+        cells = len(recalibration_lib.SD_GRID) - 1
+        pit = tf.boolean_mask(pit, scored)
+        cell = tf.boolean_mask(recalibration_lib.sd_bin(predictions["sd"]), scored)
+        index = tf.cast(cell, tf.int32) * bins + recalibration_lib.pit_bin(pit, bins)
+        counts = tf.math.bincount(index, minlength=cells * bins, maxlength=cells * bins)
+        out["pit_histogram"] = tf.reshape(tf.cast(counts, tf.float32), [1, cells, bins])
+    return out
+
+
+def _pit_metrics(pit, scored, weight, prefix=""):
+    """Interval counts (`inside_50`, `inside_90`) and PIT decile counts of
+    each image's missing coordinates."""
+    pit = tf.where(scored, pit, tf.constant(0.5, pit.dtype))  # NaN-free outside M
+    out = {}
     for alpha in COVERAGES:
         inside = (pit >= (1.0 - alpha) / 2.0) & (pit <= (1.0 + alpha) / 2.0)
-        out[f"inside_{round(100 * alpha)}"] = tf.reduce_sum(weight * tf.cast(inside, tf.float32), -1)
+        out[f"{prefix}inside_{round(100 * alpha)}"] = tf.reduce_sum(
+            weight * tf.cast(inside, tf.float32), -1
+        )
     bins = tf.clip_by_value(tf.cast(tf.floor(pit * PIT_BINS), tf.int32), 0, PIT_BINS - 1)
-    out["pit_counts"] = tf.reduce_sum(
+    out[f"{prefix}pit_counts"] = tf.reduce_sum(
         tf.one_hot(bins, PIT_BINS, dtype=tf.float32) * weight[..., None], axis=-2
     )  # [B, 10]
     return out
 
 
-def _mixture_step(model, window):
-    """The traced scoring step of a model that returns mixture parameters."""
+def _mixture_step(model, window, recalibration=None, pit_histogram_bins=None):
+    """The traced scoring step of a model that returns mixture parameters
+    (`recalibration`, `pit_histogram_bins`: as `score`)."""
 
     def step(batch):
         image, batch_mask = batch["image"], batch["mask"]
@@ -209,6 +210,12 @@ def _mixture_step(model, window):
             "pit": marginal_cdf(dist, calibrated),
             "mahalanobis": tf.gather(distances, best, axis=-1, batch_dims=1),
         }
+        if recalibration is not None or pit_histogram_bins:
+            predictions["sd"] = dist.stddev()  # the recalibration groups pixels by it
+        if recalibration is not None:
+            predictions["pit_recalibrated"] = recalibration(predictions["pit"], predictions["sd"])
+        if pit_histogram_bins:
+            predictions["pit_histogram_bins"] = int(pit_histogram_bins)
         return _batch_metrics(image, tf.cast(dist.mask, tf.float32), predictions, window)
 
     # Without autograph the (single) trace takes about a second instead of
@@ -276,7 +283,8 @@ def _pad(batch, size):
     }
 
 
-def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="auto"):
+def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="auto",
+          recalibration=None, pit_histogram_bins=None):
     """Per-image scores of `model` on `images` with seeded masks.
 
     Args:
@@ -303,6 +311,15 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
             stored values. Pixel `j` of image `i` is measured at `x + (v -
             1/2) q`, `v ~ U(0, 1)` seeded `(seed, i)`. NLL and squared error
             are always those of the stored values.
+        recalibration: a `recalibration.Recalibration` (models with mixture
+            parameters only): also count the coverages and PIT deciles of the
+            recalibrated PITs, as `recalibrated_inside_50`,
+            `recalibrated_inside_90` and `recalibrated_pit_counts`.
+        pit_histogram_bins: also return `pit_histogram` `[len(SD_GRID) - 1,
+            pit_histogram_bins]`: the PITs of all missing coordinates counted
+            in this many bins (`recalibration.pit_bin`), per cell of their predictive
+            sd on `recalibration.SD_GRID` (what
+            `recalibration.Recalibration.from_counts` fits).
 
     Returns:
         dict of `[n]` float64 arrays: `nll`, `squared_error`, `psnr`, `ssim`,
@@ -355,7 +372,15 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
     data = data.map(with_calibration_image).prefetch(tf.data.AUTOTUNE)
     window = min(11, image_shape[0], image_shape[1])
     predictor = hasattr(model, "predict_missing")
-    step = (_predictor_step if predictor else _mixture_step)(model, window)
+    if predictor and (recalibration is not None or pit_histogram_bins):
+        raise ValueError(
+            "Recalibrated intervals are for models that return mixture parameters "
+            "(DMFA, MFA), not for scikit-learn style baselines."
+        )
+    if predictor:
+        step = _predictor_step(model, window)
+    else:
+        step = _mixture_step(model, window, recalibration, pit_histogram_bins)
 
     steps = -(-count // batch_size)
     progress = keras.utils.Progbar(steps, verbose=verbose, unit_name="batch")
@@ -364,11 +389,17 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
         count = int(batch["image"].shape[0])
         batch = _pad(batch, batch_size)
         outputs = step(batch, count) if predictor else step(batch)
+        histogram = outputs.pop("pit_histogram", None)
+        if histogram is not None:  # pooled over the batches
+            pooled = histogram.numpy()[0].astype(np.float64)
+            pit_histogram = pooled if i == 0 else pit_histogram + pooled
         for key, value in outputs.items():
             results.setdefault(key, []).append(value.numpy()[:count])
         progress.update(i + 1)
     results = {key: np.concatenate(values).astype(np.float64) for key, values in results.items()}
-    results["dequantization_step"] = np.full(count, q)
+    if pit_histogram_bins:
+        results["pit_histogram"] = pit_histogram
+    results["dequantization_step"] = np.full(len(source), q)
     return results
 
 
@@ -417,9 +448,11 @@ def calibration(scores):
         (images with something missing), `mahalanobis_below_p1` and
         `mahalanobis_above_p99` (the share of them whose squared Mahalanobis
         distance lies below the 1st / above the 99th percentile of
-        chi-squared with `missing` degrees of freedom; ideally 0.01 each), and
+        chi-squared with `missing` degrees of freedom; ideally 0.01 each),
         `dequantization_step` (q of `score`: the values were dequantized by it;
-        0 for the stored values).
+        0 for the stored values), and, when `score` was given a
+        recalibration, `recalibrated`: the coverages and PIT deciles of the
+        recalibrated intervals.
     """
     from scipy import stats
 
@@ -431,11 +464,9 @@ def calibration(scores):
     result = {"pixels": int(pixels)}
     if "dequantization_step" in scores:  # the values measured: dmfa_tf.dequantization
         result["dequantization_step"] = float(np.asarray(scores["dequantization_step"])[0])
-    for alpha in COVERAGES:
-        key = round(100 * alpha)
-        inside = np.asarray(scores[f"inside_{key}"], np.float64)[usable].sum()
-        result[f"coverage_{key}"] = float(inside / pixels) if pixels else None
-    result["pit_deciles"] = (counts[usable].sum(0) / pixels).tolist() if pixels else None
+    result.update(_coverages(scores, usable, pixels))
+    if f"{RECALIBRATED}pit_counts" in scores:
+        result["recalibrated"] = _coverages(scores, usable, pixels, RECALIBRATED)
     distance = np.asarray(scores["mahalanobis"], np.float64)
     dof = np.asarray(scores["missing"], np.float64)
     ok = usable & np.isfinite(distance) & (dof > 0)
@@ -443,6 +474,17 @@ def calibration(scores):
     result["mahalanobis_images"] = int(ok.sum())
     result["mahalanobis_below_p1"] = float(np.mean(distance[ok] < low)) if ok.any() else None
     result["mahalanobis_above_p99"] = float(np.mean(distance[ok] > high)) if ok.any() else None
+    return result
+
+
+def _coverages(scores, usable, pixels, prefix=""):
+    result = {}
+    for alpha in COVERAGES:
+        key = round(100 * alpha)
+        inside = np.asarray(scores[f"{prefix}inside_{key}"], np.float64)[usable].sum()
+        result[f"coverage_{key}"] = float(inside / pixels) if pixels else None
+    counts = np.asarray(scores[f"{prefix}pit_counts"], np.float64)[usable]
+    result["pit_deciles"] = (counts.sum(0) / pixels).tolist() if pixels else None
     return result
 
 
@@ -598,6 +640,13 @@ def comparison_table(rows):
             f"{deciles} | {share(result['mahalanobis_below_p1'])} | "
             f"{share(result['mahalanobis_above_p99'])} |"
         )
+        recalibrated = result.get("recalibrated")
+        if recalibrated:
+            deciles = " ".join(f"{v:.3f}" for v in recalibrated["pit_deciles"])
+            lines.append(
+                f"| {label}, recalibrated intervals | {share(recalibrated['coverage_50'])} | "
+                f"{share(recalibrated['coverage_90'])} | {deciles} | – | – |"
+            )
     steps = {
         (summary.get("calibration") or {}).get("dequantization_step") for _, summary in rows
     } - {None}
@@ -645,8 +694,9 @@ def write_json(path, content):
     write_text(path, json.dumps(content, indent=2) + "\n")
 
 
-def timed_score(model, images, mask, seed, batch_size, verbose, dequantize="auto"):
-    """`score` plus the seconds it took (the first batch includes tracing)."""
+def timed_score(model, images, mask, seed, batch_size, verbose, dequantize="auto", **kwargs):
+    """`score` (`kwargs`: its other arguments) plus the seconds it took (the
+    first batch includes tracing)."""
     # Each model traces its own functions; after a few models TensorFlow warns
     # about retracing, which is expected here and only noise.
     logger = tf.get_logger()
@@ -655,7 +705,7 @@ def timed_score(model, images, mask, seed, batch_size, verbose, dequantize="auto
     try:
         started = time.time()
         scores = score(model, images, mask, seed=seed, batch_size=batch_size, verbose=verbose,
-                       dequantize=dequantize)
+                       dequantize=dequantize, **kwargs)
         return scores, time.time() - started
     finally:
         logger.setLevel(level)

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import datasets, dequantization, evaluation, sources
+from dmfa_tf import datasets, dequantization, evaluation, recalibration, sources
 from dmfa_tf import masks as masks_lib
 from dmfa_tf.baselines import DiagonalGaussian
 from dmfa_tf.config import TrainConfig, parse_select
@@ -221,7 +221,9 @@ def inference_copy(model):
 
 # What a model folder written by `write_outputs` holds: replacing such a folder
 # loses nothing that is not ours.
-OUTPUT_FILES = frozenset({"model.keras", "mfa.npz", "config.json", "metrics.json", "table.json"})
+OUTPUT_FILES = frozenset({
+    "model.keras", "mfa.npz", "config.json", "metrics.json", "table.json", "recalibration.json",
+})
 
 
 def _nearest_existing(path):
@@ -773,10 +775,11 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         f"seed {config.eval_seed})",
     )
 
+    fitted = fit_recalibration(model, data.val, test_mask, config, verbose)
     if verbose:
         print(f"Scoring {len(test_images):,} test images ({test_mask.spec()}, seed {config.eval_seed})")
     model_scores = evaluation.score(
-        model, test_images, test_mask, config.eval_seed, verbose=verbose
+        model, test_images, test_mask, config.eval_seed, verbose=verbose, recalibration=fitted
     )
     baseline = _baseline_metrics(
         train_images, test_images, test_mask, config.eval_seed, model.head.variance_floor
@@ -800,6 +803,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         },
         "selection": selection,
         **_nll_and_mse(model_scores),
+        "calibration": evaluation.calibration(model_scores),
         "baseline": baseline,
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - started, 1),
@@ -811,11 +815,10 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         },
         "command": command or " ".join(sys.argv),
     }
-    write_outputs(
-        config.output,
-        model,
-        {"config.json": config.to_json(), "metrics.json": metrics},
-    )
+    files = {"config.json": config.to_json(), "metrics.json": metrics}
+    if fitted is not None:
+        files[recalibration.FILE] = recalibration.file_content([fitted])
+    write_outputs(config.output, model, files)
     if verbose:
         print(format_summary(metrics, config.output))
     export_if_asked(config, model, verbose)
@@ -823,6 +826,27 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     # resumed the finished training instead of repeating it.
     shutil.rmtree(os.path.join(config.workdir, "backup"), ignore_errors=True)
     return metrics
+
+
+def fit_recalibration(model, images, mask, config, verbose=0):
+    """The `recalibration.Recalibration` of `model`'s per-pixel intervals,
+    fitted on `images` (the validation split) with `mask` (seeded as
+    `evaluation.score`); None without validation images."""
+    if images is None or not len(images):
+        return None
+    if verbose:
+        print(f"Fitting the interval recalibration on {len(images):,} validation images "
+              f"({mask.spec()}, seed {config.eval_seed})")
+    scores = evaluation.score(
+        model, images, mask, config.eval_seed, verbose=verbose,
+        pit_histogram_bins=recalibration.BINS,
+    )
+    if not scores["pit_histogram"].sum():
+        return None
+    return recalibration.Recalibration.from_counts(scores["pit_histogram"], {
+        "dataset": config.dataset, "split": "val", "images": len(images), "mask": mask.spec(),
+        "seed": config.eval_seed, "dequantization_step": float(scores["dequantization_step"][0]),
+    })
 
 
 def _nll_and_mse(scores):
@@ -882,7 +906,18 @@ def format_summary(metrics, output):
         else:
             text += f": the lowest {selection['criterion']} ({selection['score']:.3f})"
         lines.append(f"{text}; objective {model.get('objective', 'nll')}.")
-    lines.append(f"Saved {os.path.join(output, 'model.keras')}, config.json, metrics.json")
+    calibration = metrics.get("calibration") or {}
+    if calibration.get("coverage_50") is not None:
+        text = (f"Per-pixel interval coverage (ideal 50% / 90%): "
+                f"{100 * calibration['coverage_50']:.1f}% / {100 * calibration['coverage_90']:.1f}%")
+        recalibrated = calibration.get("recalibrated")
+        if recalibrated:
+            text += (f"; recalibrated on the validation split: "
+                     f"{100 * recalibrated['coverage_50']:.1f}% / "
+                     f"{100 * recalibrated['coverage_90']:.1f}%")
+        lines.append(text + ".")
+    files = "config.json, metrics.json" + (", recalibration.json" if calibration.get("recalibrated") else "")
+    lines.append(f"Saved {os.path.join(output, 'model.keras')}, {files}")
     return "\n".join(lines)
 
 

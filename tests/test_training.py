@@ -35,9 +35,19 @@ def test_run_writes_model_config_and_metrics(tmp_path):
     config = _config(tmp_path, components=2)
     metrics = train_and_evaluate(config, verbose=0, command="test")
     output = tmp_path / "saved" / "digits"
-    assert sorted(os.listdir(output)) == ["config.json", "metrics.json", "model.keras"]
+    assert sorted(os.listdir(output)) == [
+        "config.json", "metrics.json", "model.keras", "recalibration.json",
+    ]
     saved = json.loads((output / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
+    # The interval recalibration is fitted on the validation split, with the test mask.
+    from dmfa_tf import recalibration
+
+    fitted = recalibration.load(str(output))
+    assert fitted.fitted_on["split"] == "val" and fitted.fitted_on["mask"] == "4x4"
+    assert fitted.fitted_on["images"] == 180 and fitted.fitted_on["pixels"] == 180 * 16
+    assert saved["calibration"]["pixels"] == 64 * 16
+    assert set(saved["calibration"]["recalibrated"]) == {"coverage_50", "coverage_90", "pit_deciles"}
     assert saved["test_images"] == 64 and saved["test_mask"] == "4x4"
     assert saved["model"]["components"] == 2 and saved["model"]["architecture"] == "mlp"
     for key in ("nll", "mse"):
