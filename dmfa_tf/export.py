@@ -24,6 +24,7 @@ but not scored).
 | `log_prob` | | `log_prob` `[B]`: `log p(x_missing \\| x_observed)` in nats (-NLL) |
 | `sample` | `num_samples` int32 `[]`, `seed` int32 `[2]` | `samples` `[S, B, H, W, C]`, observed pixels kept; the same seed gives the same samples; `S * B * H * W * C` at most `MAX_SAMPLE_VALUES` (2**28) |
 | `parameters` | | `logits` `[B, K]`, `loc` `[B, K, N]`, `factors` `[B, K, N, L]`, `diag` `[B, K, N]` |
+| `intervals` | `level` float32 `[]` in (0, 1) | `lower`, `upper` `[B, H, W, C]`: each pixel's central `level` interval (`recalibration.interval`), recalibrated when the export was given a `recalibration.Recalibration` (the CLI uses the model folder's first map); observed pixels: their value |
 
 Bad input stops a SavedModel call with an `InvalidArgumentError` that names
 the problem and shows the bad values: mask values other than 1, 0, -1; NaN,
@@ -67,6 +68,7 @@ from dmfa_tf.distribution import (
     flatten_images,
     unflatten_images,
 )
+from dmfa_tf import recalibration as recalibration_lib
 from dmfa_tf.layers import ObservedInput
 from dmfa_tf.models import float32_copy
 
@@ -82,7 +84,7 @@ __all__ = [
     "tflite_ops",
 ]
 
-SERVING_SIGNATURES = ("serving_default", "log_prob", "sample", "parameters")
+SERVING_SIGNATURES = ("serving_default", "log_prob", "sample", "parameters", "intervals")
 TFLITE_SIGNATURES = ("impute", "log_prob")
 QUANTIZATIONS = ("float16", "dynamic_range")
 PARAMETER_KEYS = ("logits", "loc", "factors", "diag")
@@ -299,7 +301,7 @@ def _specs(image_shape):
     return image, mask
 
 
-def _serving_functions(model, image_shape, diagonal_noise=True):
+def _serving_functions(model, image_shape, diagonal_noise=True, recalibration=None):
     """The SavedModel signatures (see the module docstring), as `tf.function`s."""
     image_spec, mask_spec = _specs(image_shape)
 
@@ -345,11 +347,26 @@ def _serving_functions(model, image_shape, diagonal_noise=True):
         params, _ = mixture(image, mask)
         return params
 
+    @tf.function(
+        input_signature=[image_spec, mask_spec, tf.TensorSpec([], tf.float32, name="level")]
+    )
+    def intervals(image, mask, level):
+        level = tf.ensure_shape(level, [], name="level")
+        _, dist = mixture(image, mask)
+        ends = recalibration_lib.interval(dist, level, recalibration)  # an assertion: 0 < level < 1
+        observed = tf.equal(dist.mask, OBSERVED)
+        value = tf.cast(flatten_images(image), dist.dtype)
+        return {
+            name: unflatten_images(tf.where(observed, value, end), image_shape)
+            for name, end in zip(("lower", "upper"), ends)
+        }
+
     return {
         "serving_default": serving_default,
         "log_prob": log_prob,
         "sample": sample,
         "parameters": parameters,
+        "intervals": intervals,
     }
 
 
@@ -430,6 +447,7 @@ def export_saved_model(
     tflite=False,
     quantize=(),
     diagonal_noise=True,
+    recalibration=None,
 ):
     """Exports `model` as a TF Serving SavedModel in `<path>/<version>/`.
 
@@ -448,6 +466,8 @@ def export_saved_model(
         diagonal_noise: whether the `sample` signature adds the
             `sqrt(diag) * eps` noise (a sample of the density) or leaves it out
             (smoother pictures).
+        recalibration: a `recalibration.Recalibration` for the `intervals`
+            signature (None: the model's own intervals).
 
     Returns:
         The version folder's path.
@@ -471,7 +491,7 @@ def export_saved_model(
     # published, as `tf.saved_model.save`'s own files are (the umask still applies).
     os.chmod(staging, 0o777 & ~_umask())
     try:
-        functions = _serving_functions(model, image_shape, diagonal_noise)
+        functions = _serving_functions(model, image_shape, diagonal_noise, recalibration)
         signatures = {name: fn.get_concrete_function() for name, fn in functions.items()}
         tf.saved_model.save(_module(model, functions), staging, signatures=signatures)
         files = {}
@@ -487,6 +507,7 @@ def export_saved_model(
             "factors": factors,
             "signatures": list(SERVING_SIGNATURES),
             "sample_diagonal_noise": bool(diagonal_noise),
+            "intervals_recalibration": None if recalibration is None else recalibration.fitted_on,
             "tflite": files,
             "tensorflow": tf.__version__,
         }
@@ -742,6 +763,7 @@ def main(argv=None):
 
     try:
         model = saving.load(args.model)
+        fitted = recalibration_lib.load(args.model)  # the first map: the model's test mask
         target = export_saved_model(
             model,
             args.output,
@@ -749,11 +771,15 @@ def main(argv=None):
             tflite=args.tflite or bool(args.quantize),
             quantize=args.quantize,
             diagonal_noise=args.diagonal_noise,
+            recalibration=fitted,
         )
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         print(f"python -m dmfa_tf.export: error: {error}", file=sys.stderr)
         return 2
     print(f"Exported SavedModel {target} (signatures: {', '.join(SERVING_SIGNATURES)})")
+    if fitted is not None:
+        print(f"  intervals: recalibrated by the map fitted on {fitted.fitted_on.get('mask')} "
+              f"holes of the {fitted.fitted_on.get('split')} split")
     files = sorted(name for name in os.listdir(target) if name.endswith(".tflite"))
     if files:
         image, mask = _random_batch(model_image_shape(model))

@@ -207,6 +207,26 @@ class Recalibration:
         p = np.clip(np.asarray(p, np.float64), 0.0, 1.0)
         return np.stack([_inverse(cdf, p) for cdf in self.cdfs])
 
+    def inverse_tf(self, p):
+        """`inverse` in TensorFlow: `[groups, *shape(p)]` for a float tensor `p`."""
+        p = tf.clip_by_value(tf.convert_to_tensor(p), 0.0, 1.0)
+        shape = tf.shape(p)
+        cdfs = tf.constant(self.cdfs, p.dtype)  # [G, bins + 1]
+        levels = tf.tile(tf.reshape(p, [1, -1]), [self.groups, 1])  # [G, n]
+
+        def crossing(side, flat):  # as `_inverse`
+            j = tf.clip_by_value(tf.searchsorted(cdfs, levels, side=side), 1, self.bins)
+            low = tf.gather(cdfs, j - 1, batch_dims=1)
+            high = tf.gather(cdfs, j, batch_dims=1)
+            rising = high > low
+            share = tf.where(rising, (levels - low) / tf.where(rising, high - low, 1.0), flat)
+            return tf.cast(j - 1, p.dtype) + tf.clip_by_value(share, 0.0, 1.0)
+
+        position = 0.5 * (crossing("left", 0.0) + crossing("right", 1.0))
+        z = -Z_RANGE + position * (2.0 * Z_RANGE / self.bins)
+        u = 0.5 * tf.math.erfc(-z * math.sqrt(0.5))  # Phi(z), accurate in both tails
+        return tf.reshape(u, tf.concat([[self.groups], shape], 0))
+
     def to_dict(self):
         return {
             "bins": self.bins,
@@ -337,7 +357,8 @@ def quantile(dist, p, iterations=60):
 
 
 def interval(dist, level, recalibration=None, iterations=60):
-    """The central `level` interval of every coordinate's marginal.
+    """The central `level` interval of every coordinate's marginal (TensorFlow;
+    also inside a `tf.function`, where `level` may be a tensor).
 
     Args:
         dist: a `MaskedFactorMixture` with batch shape `[B]`.
@@ -346,14 +367,28 @@ def interval(dist, level, recalibration=None, iterations=60):
             PIT lies in the central `level`), or None (the model's own).
 
     Returns:
-        `(lower, upper)`, each `[B, N]`.
+        `(lower, upper)`, each `[B, N]` (every coordinate; only the missing
+        ones mean anything).
     """
-    level = float(level)
-    if not 0.0 < level < 1.0 or math.isnan(level):
-        raise ValueError(f"`level` must lie strictly between 0 and 1. Received: level={level!r}")
-    tails = np.array([(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    if isinstance(level, (tf.Tensor, tf.Variable)):
+        level = tf.cast(level, dist.dtype)
+        tf.debugging.Assert(
+            (level > 0.0) & (level < 1.0),
+            ["`level` must lie strictly between 0 and 1; received level =", level],
+        )
+    else:
+        level = float(level)
+        if not 0.0 < level < 1.0 or math.isnan(level):
+            raise ValueError(f"`level` must lie strictly between 0 and 1. Received: level={level!r}")
+        level = tf.constant(level, dist.dtype)
+    tails = tf.stack([(1.0 - level) / 2.0, (1.0 + level) / 2.0])  # [2]
     if recalibration is None:
-        return tuple(quantile(dist, float(t), iterations) for t in tails)
-    levels = recalibration.inverse(tails)  # [G, 2]
-    group = recalibration.group(dist.stddev().numpy())  # [B, N]
-    return tuple(quantile(dist, levels[group, side], iterations) for side in (0, 1))
+        return tuple(quantile(dist, tails[side], iterations) for side in (0, 1))
+    levels = recalibration.inverse_tf(tails)  # [G, 2]
+    sd = dist.stddev()  # [B, N]
+    if recalibration.groups > 1:
+        bounds = tf.constant(recalibration.sd_bounds, sd.dtype)
+        group = tf.reshape(tf.searchsorted(bounds, tf.reshape(sd, [-1]), side="right"), tf.shape(sd))
+    else:
+        group = tf.zeros(tf.shape(sd), tf.int32)
+    return tuple(quantile(dist, tf.gather(levels[:, side], group), iterations) for side in (0, 1))

@@ -17,12 +17,13 @@ import pytest
 import tensorflow as tf
 
 import dmfa_tf
-from dmfa_tf import export, masks
+from dmfa_tf import export, masks, recalibration
 from dmfa_tf.baselines import DiagonalGaussian
 from dmfa_tf.distribution import MaskedFactorMixture, flatten_images, unflatten_images
 
 SAMPLE_SEED = (3, 7)
 NUM_SAMPLES = 3
+LEVEL = 0.9  # the `intervals` signature's level in these tests
 
 
 # === Helpers ===
@@ -49,6 +50,9 @@ def _reference(model, image, mask):
     params = model({"image": tf.constant(image), "mask": tf.constant(mask)}, training=False)
     dist = MaskedFactorMixture.from_images(params, mask, image)
     samples = dist.sample(NUM_SAMPLES, seed=tf.constant(SAMPLE_SEED, tf.int32))
+    flat = flatten_images(image).numpy()
+    ends = [np.where(dist.mask.numpy() == 1, flat, end.numpy())
+            for end in recalibration.interval(dist, LEVEL)]
     return {
         "serving_default": {
             "imputation": unflatten_images(dist.imputation(), shape).numpy(),
@@ -58,6 +62,7 @@ def _reference(model, image, mask):
         "log_prob": {"log_prob": dist.log_prob(flatten_images(image)).numpy()},
         "sample": {"samples": unflatten_images(samples, shape).numpy()},
         "parameters": {key: np.asarray(value) for key, value in params.items()},
+        "intervals": {"lower": ends[0].reshape(image.shape), "upper": ends[1].reshape(image.shape)},
     }
 
 
@@ -66,6 +71,8 @@ def _call_signature(signatures, name, image, mask):
     if name == "sample":
         inputs["num_samples"] = tf.constant(NUM_SAMPLES, tf.int32)
         inputs["seed"] = tf.constant(SAMPLE_SEED, tf.int32)
+    if name == "intervals":
+        inputs["level"] = tf.constant(LEVEL, tf.float32)
     return {key: value.numpy() for key, value in signatures[name](**inputs).items()}
 
 
@@ -96,6 +103,9 @@ FRESH_PROCESS = textwrap.dedent(
         image=image, mask=mask, num_samples=tf.constant(int(num_samples)),
         seed=tf.constant([int(seed0), int(seed1)]))
     results["sample/samples"] = sampled["samples"].numpy()
+    for key, value in loaded.signatures["intervals"](
+            image=image, mask=mask, level=tf.constant(0.9)).items():
+        results["intervals/" + key] = value.numpy()
     np.savez(outputs, **results)
     print(json.dumps({
         "signatures": sorted(loaded.signatures),
@@ -483,6 +493,46 @@ def test_cli_exports_a_saved_model_folder(mlp_model, tmp_path, capsys):
     assert sorted(os.listdir(output)) == ["1"]
 
 
+def test_intervals_signature_with_a_recalibration(mlp_model, batch, tmp_path, capsys):
+    """The exported `intervals` read through the recalibration given at export
+    time: equal to `recalibration.interval` in memory, each pixel with its
+    group's map; a level outside (0, 1) is refused."""
+    image, mask = batch
+    params = mlp_model({"image": tf.constant(image), "mask": tf.constant(mask)}, training=False)
+    dist = MaskedFactorMixture.from_images(params, mask, image)
+    bound = float(np.median(dist.stddev().numpy()[mask.reshape(len(image), -1) == 0]))
+    fitted = recalibration.Recalibration(
+        [np.linspace(0, 1, 9) ** 1.5, np.sqrt(np.linspace(0, 1, 9))], [bound],
+        fitted_on={"mask": "4x4", "split": "val"},
+    )
+    path = export.export_saved_model(mlp_model, str(tmp_path / "serving"), recalibration=fitted)
+    loaded = tf.saved_model.load(path)
+    flat = flatten_images(image).numpy()
+    for level in (0.5, 0.9):
+        outputs = loaded.signatures["intervals"](
+            image=tf.constant(image), mask=tf.constant(mask), level=tf.constant(level))
+        for name, end in zip(("lower", "upper"), recalibration.interval(dist, level, fitted)):
+            want = np.where(mask.reshape(len(image), -1) == 1, flat, end.numpy()).reshape(image.shape)
+            np.testing.assert_allclose(outputs[name].numpy(), want, atol=1e-4, err_msg=name)
+    # Recalibrated intervals are not the model's own.
+    own = recalibration.interval(dist, 0.9)[0].numpy().reshape(image.shape)
+    assert np.abs(outputs["lower"].numpy() - own)[mask == 0].max() > 1e-3
+    with pytest.raises(tf.errors.InvalidArgumentError, match="level"):
+        loaded.signatures["intervals"](
+            image=tf.constant(image), mask=tf.constant(mask), level=tf.constant(1.0))
+    info = json.loads(open(os.path.join(path, "export.json")).read())
+    assert info["intervals_recalibration"] == {"mask": "4x4", "split": "val"}
+    # The CLI takes the model folder's first map.
+    folder = tmp_path / "saved_models" / "digits"
+    folder.mkdir(parents=True)
+    mlp_model.save(str(folder / "model.keras"))
+    (folder / recalibration.FILE).write_text(json.dumps(recalibration.file_content([fitted])))
+    assert export.main([f"--model={folder}", f"--output={tmp_path / 'cli'}"]) == 0
+    assert "recalibrated by the map fitted on 4x4 holes" in capsys.readouterr().out
+    info = json.loads(open(tmp_path / "cli" / "1" / "export.json").read())
+    assert info["intervals_recalibration"]["mask"] == "4x4"
+
+
 def test_config_rejects_an_empty_export_folder():
     from dmfa_tf.config import TrainConfig
 
@@ -517,6 +567,8 @@ def test_saved_model_cli_runs_every_signature(mlp_model, exported, batch, tmp_pa
         ]
         if name == "sample":
             command += ["--input_exprs", f"num_samples={NUM_SAMPLES};seed={list(SAMPLE_SEED)}"]
+        if name == "intervals":
+            command += ["--input_exprs", f"level={LEVEL}"]
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
         outputs = {key: np.load(outdir / f"{key}.npy") for key in expected[name]}
