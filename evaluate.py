@@ -205,7 +205,7 @@ def evaluate(args):
         f"{_slug(specs[0].label)}-{dataset}-{_slug(generator.spec())}-seed{args.seed}",
     )
     if args.fit_recalibration:
-        return fit_recalibration(args, specs[0], images, generator, dataset, output, verbose)
+        return fit_recalibration(args, specs[0], images, generator, dataset, verbose)
     rows, summary, loaded = [], {}, {}
     for spec in specs:
         if spec.is_baseline and spec.path == "diagonal":
@@ -301,7 +301,7 @@ def evaluate(args):
     return result
 
 
-def fit_recalibration(args, spec, images, generator, dataset, output, verbose):
+def fit_recalibration(args, spec, images, generator, dataset, verbose):
     """`--fit-recalibration`: the PIT histogram of the split's missing pixels
     (at the values `--dequantize` says) becomes the model folder's
     `recalibration.json` (`dmfa_tf.recalibration`)."""
