@@ -10,6 +10,35 @@ import os as _os
 # `keras` means Keras 3 for this package before anything imports TensorFlow.
 _os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
 
+
+
+def _keras_backend():
+    """The backend Keras will use, as Keras chooses it: the KERAS_BACKEND
+    environment variable, else `keras.json` in KERAS_HOME (~/.keras)."""
+    backend = _os.environ.get("KERAS_BACKEND")
+    if backend:
+        return backend, "the KERAS_BACKEND environment variable"
+    import json
+
+    home = _os.environ.get("KERAS_HOME") or _os.path.join(_os.path.expanduser("~"), ".keras")
+    path = _os.path.join(home, "keras.json")
+    try:
+        with open(path) as f:
+            return json.load(f).get("backend") or "tensorflow", path
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow", None
+
+
+# The density, the layers and the export are TensorFlow code: under another
+# Keras backend they would fail later, deep inside Keras (or Keras itself fails
+# to import without that backend's package). Say so before anything runs.
+_backend, _source = _keras_backend()
+if _backend != "tensorflow":
+    raise ImportError(
+        f"dmfa_tf runs on Keras's TensorFlow backend only, and Keras is set to the "
+        f"{_backend!r} backend by {_source}. Set KERAS_BACKEND=tensorflow."
+    )
+
 from dmfa_tf import masks  # noqa: E402
 from dmfa_tf.distribution import (  # noqa: E402
     ABSENT,

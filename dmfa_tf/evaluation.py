@@ -31,7 +31,6 @@ and mask spec sees the same masks, so comparisons are paired.
 
 import csv
 import io
-import json
 import math
 import os
 import time
@@ -40,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import dequantization, sources
+from dmfa_tf import dequantization, files, sources
 from dmfa_tf import recalibration as recalibration_lib
 from dmfa_tf.recalibration import marginal_cdf
 from dmfa_tf import masks as masks_lib
@@ -384,7 +383,7 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
 
     steps = -(-count // batch_size)
     progress = keras.utils.Progbar(steps, verbose=verbose, unit_name="batch")
-    results = {}
+    results, pit_histogram = {}, None
     for i, batch in enumerate(data):
         count = int(batch["image"].shape[0])
         batch = _pad(batch, batch_size)
@@ -392,7 +391,7 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
         histogram = outputs.pop("pit_histogram", None)
         if histogram is not None:  # pooled over the batches
             pooled = histogram.numpy()[0].astype(np.float64)
-            pit_histogram = pooled if i == 0 else pit_histogram + pooled
+            pit_histogram = pooled if pit_histogram is None else pit_histogram + pooled
         for key, value in outputs.items():
             results.setdefault(key, []).append(value.numpy()[:count])
         progress.update(i + 1)
@@ -661,17 +660,7 @@ def comparison_table(rows):
     return "\n".join(lines)
 
 
-def write_text(path, text):
-    """Writes `text` to `path` atomically (a temporary file, then a rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = f"{path}.partial-{os.getpid()}"
-    try:
-        with open(partial, "w", newline="") as f:
-            f.write(text)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+write_text = files.write_text  # atomic (dmfa_tf.files)
 
 
 def write_csv(path, scores, labels=None):
@@ -690,8 +679,7 @@ def write_csv(path, scores, labels=None):
     write_text(path, out.getvalue())
 
 
-def write_json(path, content):
-    write_text(path, json.dumps(content, indent=2) + "\n")
+write_json = files.write_json  # atomic (dmfa_tf.files)
 
 
 def timed_score(model, images, mask, seed, batch_size, verbose, dequantize="auto", **kwargs):

@@ -68,6 +68,7 @@ from dmfa_tf.distribution import (
     flatten_images,
     unflatten_images,
 )
+from dmfa_tf import files as files_lib
 from dmfa_tf import recalibration as recalibration_lib
 from dmfa_tf.layers import ObservedInput
 from dmfa_tf.models import float32_copy
@@ -489,7 +490,7 @@ def export_saved_model(
     staging = tempfile.mkdtemp(prefix=".partial-", dir=path)  # ignored by TF Serving
     # mkdtemp makes it 0700: readable by a TF Serving process of another user once
     # published, as `tf.saved_model.save`'s own files are (the umask still applies).
-    os.chmod(staging, 0o777 & ~_umask())
+    os.chmod(staging, 0o777 & ~files_lib.umask())
     try:
         functions = _serving_functions(model, image_shape, diagonal_noise, recalibration)
         signatures = {name: fn.get_concrete_function() for name, fn in functions.items()}
@@ -517,12 +518,6 @@ def export_saved_model(
         return _publish(staging, path, version)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _publish(staging, path, version):
@@ -614,14 +609,7 @@ def export_tflite(model, path, quantize=None, image_shape=None, overwrite=False)
             f"The TFLite conversion produced operators that are not TFLite builtins: "
             f"{forbidden} (all operators: {ops})."
         )
-    partial = f"{path}.partial-{os.getpid()}"
-    try:
-        with open(partial, "wb") as f:
-            f.write(content)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    files_lib.write_bytes(path, content)
     return path
 
 

@@ -74,13 +74,12 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import linalg
+from dmfa_tf import files, linalg
 from dmfa_tf.distribution import (
     ABSENT,
     MISSING,
@@ -543,15 +542,9 @@ class MFA:
             "info": np.asarray(json.dumps(self.info)),
             "format_version": np.asarray(1, np.int64),
         }
-        handle, partial = tempfile.mkstemp(prefix=".mfa-", suffix=".npz", dir=folder)
-        try:
-            with os.fdopen(handle, "wb") as f:
+        with files.atomic_path(os.path.join(folder, FILENAME)) as partial:
+            with open(partial, "wb") as f:  # a file object: savez adds no ".npz"
                 np.savez(f, **arrays)
-            os.chmod(partial, 0o666 & ~_umask())  # mkstemp's file is private (0600)
-            os.replace(partial, os.path.join(folder, FILENAME))
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
 
     @classmethod
     def load(cls, folder):
@@ -573,12 +566,6 @@ class MFA:
                 variance_floor=None if math.isnan(floor) else floor,
                 info=json.loads(str(data["info"])),
             )
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # === Conditionals (TensorFlow) ===

@@ -18,10 +18,13 @@ row as an event of shape `(1, D, 1)` (`dmfa_tf.tabular`).
 
 import csv
 import dataclasses
+import io
 import math
 import os
 
 import numpy as np
+
+from dmfa_tf import files
 
 __all__ = [
     "MISSING_TOKENS", "SKLEARN_TABLES", "TABULAR_DATASETS", "Standardizer", "Table", "load_table",
@@ -126,21 +129,16 @@ def read_csv(path, delimiter=","):
 
 def write_csv(path, columns, rows, digits=6):
     """Writes `rows` (numbers; NaN as an empty cell) under the header `columns`
-    atomically: a temporary file renamed into place."""
-    temporary = f"{path}.partial-{os.getpid()}"
-    try:
-        with open(temporary, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for row in rows:
-                writer.writerow(
-                    ["" if isinstance(v, float) and math.isnan(v) else
-                     (f"{v:.{digits}g}" if isinstance(v, float) else v) for v in row]
-                )
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    atomically (`dmfa_tf.files`)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(
+            ["" if isinstance(v, float) and math.isnan(v) else
+             (f"{v:.{digits}g}" if isinstance(v, float) else v) for v in row]
+        )
+    files.write_text(path, out.getvalue())
 
 
 def _sklearn_table(name):

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from dmfa_tf import export
+from dmfa_tf import files as files_lib
 from dmfa_tf.distribution import MaskedFactorMixture, checked_sample_count, flatten_images
 from dmfa_tf.models import float32_copy
 
@@ -112,7 +113,7 @@ def export_rows(model, path, version=None):
         export._publish(None, path, version)  # fails now if it exists
     os.makedirs(path, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".partial-", dir=path)
-    os.chmod(staging, 0o777 & ~export._umask())
+    os.chmod(staging, 0o777 & ~files_lib.umask())
     try:
         functions = _row_functions(
             network, np.asarray(model.standardizer.mean, np.float32),

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import datasets, dequantization, evaluation, recalibration, sources
+from dmfa_tf import datasets, dequantization, evaluation, files, recalibration, sources
 from dmfa_tf import masks as masks_lib
 from dmfa_tf.baselines import DiagonalGaussian
 from dmfa_tf.config import TrainConfig, parse_select
@@ -351,14 +351,6 @@ def write_outputs(output, model=None, files=None, save=None):
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _write_json_atomically(path, content):
-    partial = f"{path}.partial-{os.getpid()}"
-    with open(partial, "w") as f:
-        json.dump(content, f, indent=2)
-        f.write("\n")
-    os.replace(partial, path)
-
-
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` whose backup is never half-written, and kept.
 
@@ -411,10 +403,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         os.makedirs(folder)
         self._use(name, self.backup_dir)
         super()._save_model()  # weights and metadata into the new folder
-        partial = f"{self._pointer}.partial-{os.getpid()}"
-        with open(partial, "w") as f:
-            f.write(name + "\n")
-        os.replace(partial, self._pointer)  # the new backup is complete and current
+        files.write_text(self._pointer, name + "\n")  # the new backup is complete and current
         for other in os.listdir(self.backup_dir):
             if other != name and other != "latest":
                 path = os.path.join(self.backup_dir, other)
@@ -497,7 +486,7 @@ class BestEpoch(keras.callbacks.Callback):
             "logs": {key: float(value) for key, value in (logs or {}).items()},
             "weights": name,
         }
-        _write_json_atomically(os.path.join(self.folder, "best.json"), self.best)
+        files.write_json(os.path.join(self.folder, "best.json"), self.best)
         self._remove_weights(self.folder, keep=name)
 
 
@@ -550,7 +539,7 @@ def _check_resume(config):
                 "(its backup is deleted), or give another --workdir."
             )
     os.makedirs(workdir, exist_ok=True)
-    _write_json_atomically(settings_path, json.loads(config.to_json()))
+    files.write_json(settings_path, json.loads(config.to_json()))
 
 
 def _callbacks(config, verbose, worker_dir=None):

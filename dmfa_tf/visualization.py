@@ -9,11 +9,11 @@ Factors are drawn symmetrically around mid-grey (0.5 + a / (2 max|a|)),
 variances scaled by their maximum.
 """
 
-import os
 
 import numpy as np
 import tensorflow as tf
 
+from dmfa_tf import files
 from dmfa_tf.distribution import MaskedFactorMixture, flatten_mask, unflatten_images
 
 __all__ = ["mosaic"]
@@ -98,13 +98,8 @@ def mosaic(path, model, images, masks, baseline=None, baseline_label="baseline",
             if r == 0:
                 ax.set_title(title, fontsize=7)
     fig.tight_layout(pad=0.2)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    partial = os.path.join(folder, f".partial-{os.getpid()}-{os.path.basename(path)}")
     try:
-        fig.savefig(partial, dpi=120, format="png")
-        os.replace(partial, path)
+        with files.atomic_path(path) as partial:
+            fig.savefig(partial, dpi=120, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(partial):
-            os.remove(partial)

@@ -1,6 +1,7 @@
 """DMFA networks: parameter counts, save/load, the loss, K > 1 training."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -270,3 +271,28 @@ def test_mixed_bfloat16_backbone_computes_the_float32_function(tmp_path, archite
                                a.log_prob(x).numpy(), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="precision.*float16"):
         dmfa_tf.build_model(shape, architecture, precision="float16", **options)
+
+
+@pytest.mark.parametrize("how", ["environment", "keras.json"])
+def test_another_keras_backend_is_refused_at_import(tmp_path, how):
+    """Keras on JAX or PyTorch: `import dmfa_tf` fails at once, naming the
+    backend and where it was set, before Keras or TensorFlow is imported."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "KERAS_HOME")}
+    if how == "environment":
+        env["KERAS_BACKEND"] = "jax"
+        where = "KERAS_BACKEND environment variable"
+    else:
+        (tmp_path / "keras.json").write_text('{"backend": "torch"}')
+        env["KERAS_HOME"] = str(tmp_path)
+        where = "keras.json"
+    code = "import sys\ntry:\n    import dmfa_tf\nexcept ImportError as e:\n    print(e)\n"
+    code += "print('keras' in sys.modules, 'tensorflow' in sys.modules)\n"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    lines = result.stdout.strip().splitlines()
+    assert "runs on Keras's TensorFlow backend only" in lines[0] and where in lines[0]
+    assert lines[-1] == "False False"
