@@ -67,6 +67,7 @@ __all__ = [
     "checked_sample_count",
     "flatten_images",
     "flatten_mask",
+    "most_probable_component",
     "unflatten_images",
 ]
 
@@ -484,7 +485,7 @@ class MaskedFactorMixture(tfd.Distribution):
     def most_probable_component(self, name="most_probable_component"):
         """`[B]` int32 index of the component with the largest weight."""
         with self._name_and_control_scope(name):
-            return tf.argmax(self._logits, axis=-1, output_type=tf.int32)
+            return most_probable_component(self._logits)
 
     def imputation(self, name="imputation"):
         """The paper's "most probable imputation": the mean of the component with
@@ -495,8 +496,8 @@ class MaskedFactorMixture(tfd.Distribution):
         """
         with self._name_and_control_scope(name):
             best = tf.one_hot(
-                tf.argmax(self._logits, axis=-1), self.num_components or tf.shape(self._logits)[-1],
-                dtype=self.dtype,
+                most_probable_component(self._logits),
+                self.num_components or tf.shape(self._logits)[-1], dtype=self.dtype,
             )  # [B, K]
             values = tf.reduce_sum(best[..., None] * self._loc, axis=-2)  # [B, N]
             return self._keep_observed(values)
@@ -541,6 +542,14 @@ class MaskedFactorMixture(tfd.Distribution):
             components += tf.sqrt(self._diag) * noise
         draws = tf.reduce_sum(one_hot[..., None] * components, axis=-2)  # [n, B, N]
         return self._keep_observed(draws)
+
+
+def most_probable_component(logits):
+    """`[...]` int32 index of the component with the largest weight, from the
+    mixture logits `[..., K]`: the component of the paper's imputation and of
+    its "MSE". The one definition of it: the distribution, the losses and the
+    mosaic call this."""
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
 
 def flatten_images(images):

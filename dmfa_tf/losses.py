@@ -66,7 +66,13 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from dmfa_tf.distribution import MISSING, MaskedFactorMixture, flatten_images, flatten_mask
+from dmfa_tf.distribution import (
+    MISSING,
+    MaskedFactorMixture,
+    flatten_images,
+    flatten_mask,
+    most_probable_component,
+)
 
 __all__ = [
     "OBJECTIVES",
@@ -105,7 +111,7 @@ def squared_error(params, image, mask):
     """Per-image sum of squared errors `[B]` of the most probable imputation
     over the missing pixels (the paper's "MSE")."""
     loc = tf.convert_to_tensor(params["loc"])  # [B, K, N]
-    best = tf.one_hot(tf.argmax(params["logits"], axis=-1), tf.shape(loc)[-2], dtype=loc.dtype)
+    best = tf.one_hot(most_probable_component(params["logits"]), tf.shape(loc)[-2], dtype=loc.dtype)
     imputation = tf.reduce_sum(best[..., None] * loc, axis=-2)  # [B, N]
     target = flatten_images(tf.cast(image, loc.dtype))  # [B, N]
     missing = flatten_mask(mask, loc.shape[-1]) == MISSING  # [B, N]

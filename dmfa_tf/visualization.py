@@ -14,13 +14,18 @@ import numpy as np
 import tensorflow as tf
 
 from dmfa_tf import files
-from dmfa_tf.distribution import MaskedFactorMixture, flatten_mask, unflatten_images
+from dmfa_tf.distribution import (
+    MaskedFactorMixture,
+    flatten_mask,
+    most_probable_component,
+    unflatten_images,
+)
 
 __all__ = ["mosaic"]
 
 
 def _best(params, key):
-    best = tf.argmax(params["logits"], axis=-1)  # [B]
+    best = most_probable_component(params["logits"])  # [B]
     return tf.gather(params[key], best, axis=1, batch_dims=1).numpy()  # [B, N(, L)]
 
 

@@ -409,3 +409,19 @@ def test_from_images_broadcasts_single_channel_mask():
     np.testing.assert_allclose(dist.log_prob(image.reshape(2, -1)).numpy(), expected, rtol=1e-9)
     with pytest.raises(ValueError, match="does not fit"):
         flatten_mask(np.ones((2, h, w, 2)), h * w * c)
+
+
+def test_most_probable_component_by_hand():
+    """The one rule for "the most probable component": the largest logit, the
+    first one on a tie; the distribution's method and imputation use it."""
+    from dmfa_tf.distribution import most_probable_component
+
+    logits = np.array([[0.0, 2.0, 1.0], [3.0, 3.0, -1.0]], np.float32)
+    np.testing.assert_array_equal(most_probable_component(logits).numpy(), [1, 0])
+    loc = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+    dist = MaskedFactorMixture(
+        logits, loc, np.zeros((2, 3, 2, 1), np.float32), np.ones((2, 3, 2), np.float32),
+        mask=np.zeros((2, 2), np.float32),
+    )
+    np.testing.assert_array_equal(dist.most_probable_component().numpy(), [1, 0])
+    np.testing.assert_array_equal(dist.imputation().numpy(), [loc[0, 1], loc[1, 0]])
