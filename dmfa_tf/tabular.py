@@ -401,7 +401,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     std = standardizer.transform(table.values).astype(np.float32)
     generator = masks_lib.parse(config.mask)
     rate = mcar_rate(config.mask)
-    training._check_resume(config)
+    training.check_resume(config)
     width = table.values.shape[1]
     model = build_model(
         (1, width, 1),
@@ -419,13 +419,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     model.objective = config.objective
     training.check_free_space(config, model.count_params())
     steps = max(MIN_STEPS_PER_EPOCH, len(train_rows) // config.batch_size)
-    learning_rate = config.learning_rate
-    if config.lr_schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            config.learning_rate, decay_steps=steps * config.epochs, alpha=0.01
-        )
-    jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit)
+    training.compile_model(model, config, steps)
     if verbose:
         print(
             f"Training {model.name} ({model.count_params():,} weights, K={config.components}, "
@@ -440,7 +434,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     def events(rows):  # [n, 1, D, 1] standardised, NaN where missing in the data
         return std[rows][:, None, :, None]
 
-    run_callbacks, selector = training._callbacks(config, verbose)
+    run_callbacks, selector = training.training_callbacks(config, verbose)
     validation = None
     if len(val_rows):
         validation = training.evaluation_data(
@@ -461,12 +455,8 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         verbose=verbose,
     )
     train_seconds = time.time() - train_started
-    if model.stop_training:
-        raise RuntimeError(
-            "Training stopped early (a NaN loss: TerminateOnNaN). Try a lower --learning-rate "
-            f"or a larger --variance-floor; nothing was saved to {config.output}."
-        )
-    selection = training._select_epoch(
+    training.check_not_stopped(model, config)
+    selection = training.select_epoch(
         model, selector, config,
         f"the validation rows ({len(val_rows)} rows x {VALIDATION_REPEATS} masks "
         f"{generator.spec()}, seed {config.eval_seed})",

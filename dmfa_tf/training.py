@@ -515,7 +515,7 @@ RESUMABLE_SETTINGS = frozenset(
 )
 
 
-def _check_resume(config):
+def check_resume(config):
     """Refuses to continue an interrupted run with other settings (naming them),
     or starts over with `config.restart`; records the run's settings."""
     workdir = config.workdir
@@ -542,7 +542,7 @@ def _check_resume(config):
     files.write_json(settings_path, json.loads(config.to_json()))
 
 
-def _callbacks(config, verbose, worker_dir=None):
+def training_callbacks(config, verbose, worker_dir=None):
     """The run's callbacks, and its `BestEpoch` (None with `select="last"`).
 
     `worker_dir`: a worker of a multi-worker run other than the chief writes
@@ -578,7 +578,7 @@ def _callbacks(config, verbose, worker_dir=None):
     return callbacks, selector
 
 
-def _select_epoch(model, selector, config, validation):
+def select_epoch(model, selector, config, validation):
     """Loads the selected epoch's weights into `model`; the `selection` record
     of metrics.json. `validation` describes the validation split and masks."""
     last = config.epochs - 1
@@ -649,7 +649,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         )
 
     if worker is None:
-        _check_resume(config)
+        check_resume(config)
     absent_share = None
     if config.train_absent is not None:  # made in memory: a float copy of the split
         train_images, absent_share = make_absent(
@@ -693,13 +693,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
                 "(values k/255), so there is nothing to dequantize. Use --dequantize=auto or off."
             )
     with strategy.scope():
-        learning_rate = config.learning_rate
-        if config.lr_schedule == "cosine":
-            learning_rate = keras.optimizers.schedules.CosineDecay(
-                config.learning_rate, decay_steps=steps * config.epochs, alpha=0.01
-            )
-        jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit)
+        compile_model(model, config, steps)
     if verbose:
         print(
             f"Training {model.name} ({model.count_params():,} weights, K={config.components}, "
@@ -716,7 +710,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         )
     train_started = time.time()
     worker_dir = None if worker is None else os.path.join(config.workdir, f"worker-{worker}")
-    run_callbacks, selector = _callbacks(config, verbose, worker_dir)
+    run_callbacks, selector = training_callbacks(config, verbose, worker_dir)
     def train_stream(input_context=None):
         stream = training_data(
             train_images, train_mask, config.batch_size, config.seed,
@@ -746,19 +740,14 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         verbose=verbose,
     )
     train_seconds = time.time() - train_started
-    if model.stop_training:
-        raise RuntimeError(
-            "Training stopped early (a NaN loss: TerminateOnNaN). Try a lower "
-            "--learning-rate or a larger variance floor; nothing was saved to "
-            f"{config.output}."
-        )
+    check_not_stopped(model, config)
     if worker is not None:
         # Only the chief scores and writes the model; this worker's part is done.
         shutil.rmtree(os.path.join(worker_dir, "backup"), ignore_errors=True)
         if verbose:
             print(f"Worker {worker}: training done; the chief scores and saves the model.")
         return {"worker": worker, "train_seconds": round(train_seconds, 1)}
-    selection = _select_epoch(
+    selection = select_epoch(
         model, selector, config,
         f"the validation split ({len(data.val):,} images, masks {test_mask.spec()}, "
         f"seed {config.eval_seed})",
@@ -815,6 +804,29 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     # resumed the finished training instead of repeating it.
     shutil.rmtree(os.path.join(config.workdir, "backup"), ignore_errors=True)
     return metrics
+
+
+def compile_model(model, config, steps):
+    """Compiles `model` for `config`: Adam at `config.learning_rate`, cosine
+    decay over `steps * config.epochs` steps with `--lr-schedule=cosine`, and
+    `config.jit_compile`."""
+    learning_rate = config.learning_rate
+    if config.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=steps * config.epochs, alpha=0.01
+        )
+    jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit)
+
+
+def check_not_stopped(model, config):
+    """Raises if `model.fit` was stopped by TerminateOnNaN: nothing is saved."""
+    if model.stop_training:
+        raise RuntimeError(
+            "Training stopped early (a NaN loss: TerminateOnNaN). Try a lower "
+            "--learning-rate or a larger variance floor; nothing was saved to "
+            f"{config.output}."
+        )
 
 
 def fit_recalibration(model, images, mask, config, verbose=0):
