@@ -6,6 +6,7 @@ Standard library only: the command line, the training driver and the saved
 
 import dataclasses
 import json
+import numbers
 
 __all__ = [
     "DATASET_DEFAULTS", "DEQUANTIZE", "MFA_INITS", "MFA_NOISE_TYPES", "LR_SCHEDULES", "MODELS", "SELECT_METRICS",
@@ -107,6 +108,14 @@ def parse_select(spec):
         terms.append((coefficient, metric))
     return terms
 
+
+
+def check_positive_int(value, what):
+    """`value` as an int if it is a whole number >= 1 (not a bool); else a
+    ValueError naming `what`. The one home of this rule."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{what}` must be a positive integer. Received: {what}={value!r}")
+    return int(value)
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -246,9 +255,7 @@ class TrainConfig:
                 f"Received: export={self.export!r}"
             )
         for key in ("components", "factors", "epochs", "batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{key}` must be a positive integer. Received: {key}={value!r}")
+            check_positive_int(getattr(self, key), key)
         for key in ("val_fraction", "test_fraction", "dropout"):
             value = getattr(self, key)
             if value is not None and (
@@ -256,9 +263,8 @@ class TrainConfig:
             ):
                 raise ValueError(f"`{key}` must be in [0, 1). Received: {key}={value!r}")
         for key in ("max_train_images", "max_test_images", "width"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"`{key}` must be a positive integer. Received: {key}={value!r}")
+            if getattr(self, key) is not None:
+                check_positive_int(getattr(self, key), key)
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise ValueError(
                 f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}"
@@ -325,8 +331,7 @@ class TrainConfig:
             value = getattr(self, key)
             if value is None and self.dataset in TABULAR_DATASETS:
                 continue  # no MFA for tables
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{key}` must be a positive integer. Received: {key}={value!r}")
+            check_positive_int(value, key)
         for key, allowed in (
             ("model", MODELS),
             ("mfa_noise", MFA_NOISE_TYPES),

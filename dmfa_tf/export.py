@@ -60,6 +60,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from dmfa_tf.config import check_positive_int
 from dmfa_tf.distribution import (
     MISSING,
     OBSERVED,
@@ -432,9 +433,7 @@ def next_version(path):
 
 
 def _check_version(version):
-    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 1:
-        raise ValueError(f"`version` must be a positive integer. Received: version={version!r}")
-    return int(version)
+    return check_positive_int(version, "version")
 
 
 # === SavedModel ===

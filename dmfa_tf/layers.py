@@ -12,6 +12,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from dmfa_tf.config import check_positive_int
+
 __all__ = [
     "ConvMixtureHead",
     "DenseMixtureHead",
@@ -52,11 +54,6 @@ def constrain_diag(raw, floor, activation="sigmoid"):
 def _check_choice(value, choices, what):
     if value not in choices:
         raise ValueError(f"`{what}` must be one of {choices}. Received: {what}={value!r}")
-
-
-def _check_positive_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{what}` must be a positive integer. Received: {what}={value!r}")
 
 
 def _check_image_shape(image_shape):
@@ -173,8 +170,8 @@ class _MixtureHead(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.image_shape = _check_image_shape(image_shape)
-        _check_positive_int(components, "components")
-        _check_positive_int(factors, "factors")
+        check_positive_int(components, "components")
+        check_positive_int(factors, "factors")
         _check_choice(factor_activation, FACTOR_ACTIVATIONS, "factor_activation")
         _check_choice(variance_activation, VARIANCE_ACTIVATIONS, "variance_activation")
         if not factor_amplitude > 0:
@@ -291,7 +288,7 @@ class ConvMixtureHead(_MixtureHead):
 
     def __init__(self, image_shape, kernel_size=3, **kwargs):
         super().__init__(image_shape, **kwargs)
-        _check_positive_int(kernel_size, "kernel_size")
+        check_positive_int(kernel_size, "kernel_size")
         self.kernel_size = kernel_size
 
     def build(self, features_shape):

@@ -26,6 +26,7 @@ Generators can be written as short strings (the command line's `--mask`):
 import tensorflow as tf
 
 from dmfa_tf import sources
+from dmfa_tf.config import check_positive_int
 
 __all__ = [
     "Halves",
@@ -80,12 +81,6 @@ def _number(value):
     return text if float(text) == value else repr(float(value))
 
 
-def _positive_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{what}` must be a positive integer. Received: {what}={value!r}")
-    return value
-
-
 class Rectangle(MaskGenerator):
     """One rectangular hole of `height x width` pixels.
 
@@ -101,8 +96,8 @@ class Rectangle(MaskGenerator):
     """
 
     def __init__(self, height, width, jitter=0, placement="uniform"):
-        self.height = _positive_int(height, "height")
-        self.width = _positive_int(width, "width")
+        self.height = check_positive_int(height, "height")
+        self.width = check_positive_int(width, "width")
         if isinstance(jitter, int) and not isinstance(jitter, bool):
             jitter = (jitter, jitter)
         jitter = tuple(jitter)

@@ -79,6 +79,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from dmfa_tf.config import check_positive_int
 from dmfa_tf import files, linalg
 from dmfa_tf.distribution import (
     ABSENT,
@@ -336,9 +337,9 @@ class MFA:
         x = _check_images(images)
         n, size = x.shape
         image_shape = tuple(int(d) for d in np.shape(images)[1:])
-        _check_positive_int("components", components)
-        _check_positive_int("factors", factors)
-        _check_positive_int("batch_size", batch_size)
+        check_positive_int(components, "components")
+        check_positive_int(factors, "factors")
+        check_positive_int(batch_size, "batch_size")
         if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
             raise ValueError(
                 f"`iterations` must be an integer >= 0. Received: iterations={iterations!r}"
@@ -625,11 +626,6 @@ def _frozen(array):
     array = np.array(array, np.float64)
     array.setflags(write=False)
     return array
-
-
-def _check_positive_int(key, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{key}` must be a positive integer. Received: {key}={value!r}")
 
 
 def _check_images(images, image_shape=None):

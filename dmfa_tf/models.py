@@ -20,6 +20,7 @@ Rows of a table are events of shape `(1, D, 1)`; their models are built with
 import keras
 import tensorflow as tf
 
+from dmfa_tf.config import check_positive_int
 from dmfa_tf import optimizers
 from dmfa_tf.distribution import MaskedFactorMixture, unflatten_images
 from dmfa_tf.layers import ConvMixtureHead, DenseMixtureHead, ObservedInput
@@ -62,10 +63,8 @@ def _fullconv(inputs, image_shape, width=32, depth=3, blocks=2):
     height, image_width, _ = image_shape
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
         raise ValueError(f"`depth` must be a non-negative integer. Received: depth={depth!r}")
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"`width` must be a positive integer. Received: width={width!r}")
-    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
-        raise ValueError(f"`blocks` must be a positive integer. Received: blocks={blocks!r}")
+    check_positive_int(width, "width")
+    check_positive_int(blocks, "blocks")
     multiple = 2**depth
     pad_h, pad_w = (-height) % multiple, (-image_width) % multiple
     padding = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))

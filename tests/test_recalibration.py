@@ -144,14 +144,23 @@ class TooWide:
         }
 
 
+def _two_draws(seed, count):
+    """Two sets of 8x8 images with pixels N(0.5, 0.05^2) (clipped to [0, 1])."""
+    rng = np.random.default_rng(seed)
+    return [np.clip(rng.normal(0.5, 0.05, size=(count, 8, 8, 1)), 0, 1).astype(np.float32)
+            for _ in range(2)]
+
+
+def _pit_counts(model, images, mask):
+    scores = evaluation.score(model, images, mask, seed=0, dequantize=0,
+                              pit_histogram_bins=recalibration.BINS)
+    return scores["pit_histogram"]
+
+
 def test_recalibration_fitted_on_one_draw_calibrates_another():
     model = TooWide()
-    rng = np.random.default_rng(0)
-    fit_images, test_images = (
-        np.clip(rng.normal(0.5, 0.05, size=(150, 8, 8, 1)), 0, 1).astype(np.float32) for _ in range(2)
-    )
-    scores = evaluation.score(model, fit_images, "6x6", seed=0, dequantize=0,
-                              pit_histogram_bins=recalibration.BINS)
+    fit_images, test_images = _two_draws(0, 150)
+    scores = {"pit_histogram": _pit_counts(model, fit_images, "6x6")}
     assert scores["pit_histogram"].shape == (len(recalibration.SD_GRID) - 1, recalibration.BINS)
     assert scores["pit_histogram"].sum() == 150 * 36
     fitted = Recalibration.from_counts(scores["pit_histogram"])
@@ -184,12 +193,8 @@ class TwoKinds(TooWide):
 
 def test_groups_calibrate_each_kind_of_pixel_where_one_map_cannot():
     model = TwoKinds()
-    rng = np.random.default_rng(1)
-    fit_images, test_images = (
-        np.clip(rng.normal(0.5, 0.05, size=(200, 8, 8, 1)), 0, 1).astype(np.float32) for _ in range(2)
-    )
-    counts = evaluation.score(model, fit_images, "8x8", seed=0, dequantize=0,
-                              pit_histogram_bins=recalibration.BINS)["pit_histogram"]
+    fit_images, test_images = _two_draws(1, 200)
+    counts = _pit_counts(model, fit_images, "8x8")
     grouped = Recalibration.from_counts(counts)
     single = Recalibration.from_counts(counts.sum(0))
     assert grouped.groups == 2 and 0.02 < grouped.sd_bounds[0] <= 0.2
