@@ -228,6 +228,15 @@ def evaluate(args):
         evaluation.write_csv(os.path.join(output, name), scores, labels)
         metrics = {key: evaluation.summarize(scores[key]) for key in evaluation.METRICS}
         metrics["calibration"] = evaluation.calibration(scores)
+        if fitted is not None and metrics["calibration"] and "recalibrated" in metrics["calibration"]:
+            metrics["calibration"]["recalibrated"]["map_mask"] = fitted.fitted_on.get("mask")
+            fitted_step = fitted.fitted_on.get("dequantization_step")
+            step = metrics["calibration"].get("dequantization_step")
+            if fitted_step is not None and step is not None and abs(fitted_step - step) > 1e-12:
+                print(f"evaluate.py: warning: {spec.label}'s recalibration map was fitted at "
+                      f"dequantization step {fitted_step:.6g}, and these values are measured at "
+                      f"{step:.6g} (--dequantize): its recalibrated coverage does not apply.",
+                      file=sys.stderr)
         rows.append((spec.label, metrics))
         summary[spec.label] = {
             "model": spec.path,

@@ -642,8 +642,9 @@ def comparison_table(rows):
         recalibrated = result.get("recalibrated")
         if recalibrated:
             deciles = " ".join(f"{v:.3f}" for v in recalibrated["pit_deciles"])
+            fitted_for = f" ({recalibrated['map_mask']} map)" if recalibrated.get("map_mask") else ""
             lines.append(
-                f"| {label}, recalibrated intervals | {share(recalibrated['coverage_50'])} | "
+                f"| {label}, recalibrated intervals{fitted_for} | {share(recalibrated['coverage_50'])} | "
                 f"{share(recalibrated['coverage_90'])} | {deciles} | – | – |"
             )
     steps = {

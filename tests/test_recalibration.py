@@ -262,6 +262,14 @@ def test_evaluate_py_fits_saves_and_reports_the_recalibration(tmp_path, capsys):
     recalibrated = info["calibration"]["recalibrated"]
     assert 0 < recalibrated["coverage_50"] < recalibrated["coverage_90"] < 1
     assert sum(recalibrated["pit_deciles"]) == pytest.approx(1.0)
+    assert recalibrated["map_mask"] == "4x4"
+    # A map fitted at other values than those measured is named as not applying.
+    content = json.loads((folder / recalibration.FILE).read_text())
+    content["maps"][0]["fitted_on"]["dequantization_step"] = 1 / 255
+    (folder / recalibration.FILE).write_text(json.dumps(content))
+    capsys.readouterr()
+    evaluate.main([f"--model={folder}", "--hole=4x4", "--quiet", f"--output={tmp_path / 'step'}"])
+    assert "was fitted at dequantization step 0.00392157" in capsys.readouterr().err
     # The density and the imputation are the model's own: the same NLL as without the map.
     os.remove(folder / recalibration.FILE)
     plain = evaluate.evaluate(evaluate.parse_args([
