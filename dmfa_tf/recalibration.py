@@ -172,6 +172,14 @@ class Recalibration:
         """Each pixel's group from its predictive sd (NumPy)."""
         return np.searchsorted(self.sd_bounds, np.asarray(sd, np.float64), side="right")
 
+    def group_tf(self, sd, shape):
+        """`group` in TensorFlow: `[shape]` int32 groups (all 0 with one group)."""
+        if self.groups == 1:
+            return tf.zeros(shape, tf.int32)
+        sd = tf.convert_to_tensor(sd)
+        bounds = tf.constant(self.sd_bounds, sd.dtype)
+        return tf.reshape(tf.searchsorted(bounds, tf.reshape(sd, [-1]), side="right"), shape)
+
     def __call__(self, u, sd=None):
         """`R_g(u)` for PITs `u` of pixels with predictive sd `sd` (needed when
         there are several groups); NumPy or TensorFlow, the same type back."""
@@ -179,14 +187,7 @@ class Recalibration:
             raise ValueError("This recalibration has groups by predictive sd: pass `sd`.")
         if isinstance(u, (tf.Tensor, tf.Variable)):
             table = tf.constant(self.cdfs.reshape(-1), u.dtype)
-            if self.groups > 1:
-                bounds = tf.constant(self.sd_bounds, u.dtype)
-                group = tf.reshape(
-                    tf.searchsorted(bounds, tf.reshape(tf.cast(sd, u.dtype), [-1]), side="right"),
-                    tf.shape(u),
-                )
-            else:
-                group = tf.zeros(tf.shape(u), tf.int32)
+            group = self.group_tf(sd, tf.shape(u))
             position = pit_position(u, self.bins)
             left = tf.clip_by_value(tf.floor(position), 0.0, float(self.bins - 1))
             index = group * (self.bins + 1) + tf.cast(left, group.dtype)
@@ -204,8 +205,7 @@ class Recalibration:
     def inverse(self, p):
         """`R_g^-1(p)` for every group: `[groups, *shape(p)]` PIT levels (NumPy).
         Where a map is flat at `p`, the middle of the flat part."""
-        p = np.clip(np.asarray(p, np.float64), 0.0, 1.0)
-        return np.stack([_inverse(cdf, p) for cdf in self.cdfs])
+        return self.inverse_tf(tf.constant(np.asarray(p, np.float64))).numpy()
 
     def inverse_tf(self, p):
         """`inverse` in TensorFlow: `[groups, *shape(p)]` for a float tensor `p`."""
@@ -214,7 +214,9 @@ class Recalibration:
         cdfs = tf.constant(self.cdfs, p.dtype)  # [G, bins + 1]
         levels = tf.tile(tf.reshape(p, [1, -1]), [self.groups, 1])  # [G, n]
 
-        def crossing(side, flat):  # as `_inverse`
+        def crossing(side, flat):
+            # "left": the least position where R = p; "right": the greatest.
+            # The segment [j - 1, j] holds it; it is flat only at p = 0 or 1.
             j = tf.clip_by_value(tf.searchsorted(cdfs, levels, side=side), 1, self.bins)
             low = tf.gather(cdfs, j - 1, batch_dims=1)
             high = tf.gather(cdfs, j, batch_dims=1)
@@ -248,24 +250,6 @@ def _cdf(counts):
     cdf = np.concatenate([[0.0], np.cumsum(counts) / counts.sum()])
     cdf[-1] = 1.0
     return cdf
-
-
-def _inverse(cdf, p):
-    bins = cdf.size - 1
-
-    def crossing(side):
-        # "left": the least u with R(u) = p; "right": the greatest. The
-        # segment [j - 1, j] holds it; it is flat only at p = 0 or 1.
-        j = np.clip(np.searchsorted(cdf, p, side=side), 1, bins)
-        low, high = cdf[j - 1], cdf[j]
-        flat = 0.0 if side == "left" else 1.0
-        share = np.where(high > low, (p - low) / np.where(high > low, high - low, 1.0), flat)
-        return j - 1 + np.clip(share, 0.0, 1.0)  # in bins
-
-    from scipy import special
-
-    position = 0.5 * (crossing("left") + crossing("right"))
-    return special.ndtr(-Z_RANGE + position * (2.0 * Z_RANGE / bins))
 
 
 def load(folder, mask=None):
@@ -386,9 +370,5 @@ def interval(dist, level, recalibration=None, iterations=60):
         return tuple(quantile(dist, tails[side], iterations) for side in (0, 1))
     levels = recalibration.inverse_tf(tails)  # [G, 2]
     sd = dist.stddev()  # [B, N]
-    if recalibration.groups > 1:
-        bounds = tf.constant(recalibration.sd_bounds, sd.dtype)
-        group = tf.reshape(tf.searchsorted(bounds, tf.reshape(sd, [-1]), side="right"), tf.shape(sd))
-    else:
-        group = tf.zeros(tf.shape(sd), tf.int32)
+    group = recalibration.group_tf(sd, tf.shape(sd))
     return tuple(quantile(dist, tf.gather(levels[:, side], group), iterations) for side in (0, 1))
