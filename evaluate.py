@@ -159,7 +159,8 @@ def evaluate(args):
     if _is_table_model(args.model):
         return evaluate_table(args)
 
-    from dmfa_tf import datasets, evaluation, masks, recalibration, saving, training
+    from dmfa_tf import datasets, evaluation, masks, saving, training
+    from dmfa_tf.core import recalibration
 
     specs = [evaluation.parse_model_spec(t) for t in ([args.model] if args.model else []) + args.compare]
     mosaic_spec = evaluation.parse_model_spec(args.mosaic_baseline) if args.mosaic_baseline else None
@@ -313,8 +314,9 @@ def evaluate(args):
 def fit_recalibration(args, spec, images, generator, dataset, verbose):
     """`--fit-recalibration`: the PIT histogram of the split's missing pixels
     (at the values `--dequantize` says) becomes the model folder's
-    `recalibration.json` (`dmfa_tf.recalibration`)."""
-    from dmfa_tf import evaluation, recalibration
+    `recalibration.json` (`dmfa_tf.core.recalibration`)."""
+    from dmfa_tf import evaluation
+    from dmfa_tf.core import recalibration
 
     if spec.is_baseline or not os.path.isfile(os.path.join(spec.path, "model.keras")):
         raise ValueError(

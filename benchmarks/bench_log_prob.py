@@ -59,7 +59,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from dmfa_tf import masks as masks_lib
-from dmfa_tf.distribution import MISSING, MaskedFactorMixture
+from dmfa_tf.core.distribution import MISSING, MaskedFactorMixture
 
 tfd = tfp.distributions
 

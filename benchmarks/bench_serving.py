@@ -54,7 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from dmfa_tf import export, saving
-from dmfa_tf.distribution import MaskedFactorMixture, flatten_images
+from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images
 
 
 def parse_args(argv=None):

@@ -48,7 +48,7 @@ def main(argv=None):
     import tensorflow as tf
 
     from dmfa_tf import datasets, evaluation
-    from dmfa_tf.distribution import MaskedFactorMixture, flatten_images
+    from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images
 
     path = args.model
     if os.path.isdir(path):

@@ -40,7 +40,7 @@ if _backend != "tensorflow":
     )
 
 from dmfa_tf import masks  # noqa: E402
-from dmfa_tf.distribution import (  # noqa: E402
+from dmfa_tf.core.distribution import (  # noqa: E402
     ABSENT,
     MISSING,
     OBSERVED,

@@ -1,12 +1,13 @@
 """Training configuration: one dataclass, per-data-set defaults, JSON round trip.
 
-Standard library only: the command line, the training driver and the saved
-`config.json` all speak this one dataclass.
+The command line, the training driver and the saved `config.json` all speak
+this one dataclass.
 """
 
 import dataclasses
 import json
-import numbers
+
+from dmfa_tf.core.checks import check_positive_int
 
 __all__ = [
     "DATASET_DEFAULTS", "DEQUANTIZE", "MFA_INITS", "MFA_NOISE_TYPES", "LR_SCHEDULES", "MODELS", "SELECT_METRICS",
@@ -110,12 +111,6 @@ def parse_select(spec):
 
 
 
-def check_positive_int(value, what):
-    """`value` as an int if it is a whole number >= 1 (not a bool); else a
-    ValueError naming `what`. The one home of this rule."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{what}` must be a positive integer. Received: {what}={value!r}")
-    return int(value)
 
 @dataclasses.dataclass
 class TrainConfig:

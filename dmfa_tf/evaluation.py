@@ -40,10 +40,10 @@ import numpy as np
 import tensorflow as tf
 
 from dmfa_tf import dequantization, files, sources
-from dmfa_tf import recalibration as recalibration_lib
-from dmfa_tf.recalibration import marginal_cdf
+from dmfa_tf.core import recalibration as recalibration_lib
+from dmfa_tf.core.recalibration import marginal_cdf
 from dmfa_tf import masks as masks_lib
-from dmfa_tf.distribution import (
+from dmfa_tf.core.distribution import (
     MISSING,
     OBSERVED,
     MaskedFactorMixture,

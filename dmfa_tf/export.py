@@ -40,7 +40,7 @@ is 0 and every sample equals the input.
 `impute` (`imputation`, `variance`, `mixture_weights`, `valid`) and
 `log_prob` (`log_prob`, `valid`), converted with TFLite builtin ops only (no
 Select TF ops: the small Cholesky factorisations are unrolled by
-`dmfa_tf.linalg`). TFLite has no assertions, so the input checks above become
+`dmfa_tf.core.linalg`). TFLite has no assertions, so the input checks above become
 the `valid` output (bool `[B]`), and every output of an image that fails them
 is NaN: bad input is never silently scored. The graph is traced with the
 `ObservedInput` layers' assertions switched off, so none reaches the file.
@@ -60,17 +60,16 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf.config import check_positive_int
-from dmfa_tf.distribution import (
-    MISSING,
-    OBSERVED,
+from dmfa_tf.core import checks
+from dmfa_tf.core.checks import check_positive_int
+from dmfa_tf.core.distribution import (
     MaskedFactorMixture,
     checked_sample_count,
     flatten_images,
     unflatten_images,
 )
 from dmfa_tf import files as files_lib
-from dmfa_tf import recalibration as recalibration_lib
+from dmfa_tf.core import recalibration as recalibration_lib
 from dmfa_tf.layers import ObservedInput
 from dmfa_tf.models import float32_copy
 
@@ -198,25 +197,11 @@ def _assertions_off(model):
 # === Input checks ===
 
 
-def _observed(image, mask):
-    """`[B, H, W, C]` bool: the pixels whose mask is 1."""
-    return tf.broadcast_to(tf.equal(mask, float(OBSERVED)), tf.shape(image))
-
-
-def _valid_codes(mask):
-    return tf.equal(mask, 1.0) | tf.equal(mask, 0.0) | tf.equal(mask, -1.0)
-
-
-def _finite(values):
-    """True for finite values (NaN and inf fail `|x| <= max`), TFLite builtins only."""
-    return tf.abs(values) <= np.finfo(np.float32).max
-
-
 def _assert_inputs(image, mask, image_shape, scored=False):
-    """`(image, mask)` behind checks of their shapes, the mask codes and the
-    observed pixels (and, with `scored`, the missing ones, which `log_prob`
-    scores). A restored signature does not check the shapes it is fed by
-    itself, so they are checked here."""
+    """`(image, mask)` behind checks of their shapes and of the input rule
+    (`dmfa_tf.core.checks`: mask codes, observed pixels, and with `scored` the
+    missing ones, which `log_prob` scores). A restored signature does not check
+    the shapes it is fed by itself, so they are checked here."""
     height, width, channels = image_shape
     image = tf.ensure_shape(image, [None, height, width, channels], name="image")
     mask = tf.ensure_shape(mask, [None, height, width, 1 if channels == 1 else None], name="mask")
@@ -232,56 +217,8 @@ def _assert_inputs(image, mask, image_shape, scored=False):
     )
     with tf.control_dependencies([check]):
         mask = tf.identity(mask)
-    codes = _valid_codes(mask)
-    observed = _observed(image, mask)
-    finite = _finite(image)
-    in_range = (image >= 0.0) & (image <= 1.0)
-    checks = [
-        tf.debugging.Assert(
-            tf.reduce_all(codes),
-            ["dmfa_tf: `mask` must hold only 1 (observed), 0 (missing) and -1 (absent). "
-             "Received values:", tf.boolean_mask(mask, ~codes)],
-            summarize=8,
-        ),
-        tf.debugging.Assert(
-            tf.reduce_all(finite | ~observed),
-            ["dmfa_tf: `image` holds NaN or inf at observed pixels (mask 1). Received values:",
-             tf.boolean_mask(image, observed & ~finite)],
-            summarize=8,
-        ),
-        tf.debugging.Assert(
-            tf.reduce_all(in_range | ~observed | ~finite),
-            ["dmfa_tf: `image` holds values outside [0, 1] at observed pixels (mask 1). "
-             "Received values:", tf.boolean_mask(image, observed & ~in_range & finite)],
-            summarize=8,
-        ),
-    ]
-    if scored:
-        missing = tf.broadcast_to(tf.equal(mask, float(MISSING)), tf.shape(image))
-        checks.append(
-            tf.debugging.Assert(
-                tf.reduce_all(finite | ~missing),
-                ["dmfa_tf: `image` holds NaN or inf at missing pixels (mask 0), which "
-                 "`log_prob` scores. Received values:", tf.boolean_mask(image, missing & ~finite)],
-                summarize=8,
-            )
-        )
-    with tf.control_dependencies(checks):
+    with tf.control_dependencies(checks.input_assertions(image, mask, scored=scored)):
         return tf.identity(image), tf.identity(mask)
-
-
-def _valid_images(image, mask, scored=False):
-    """`[B]` bool, the checks of `_assert_inputs` per image, as TFLite can run
-    them: mask codes, observed pixels in [0, 1] (hence finite), and with
-    `scored` finite missing pixels."""
-    observed = _observed(image, mask)
-    ok = tf.reduce_all(_valid_codes(mask), axis=[1, 2, 3])  # [B]
-    in_range = (image >= 0.0) & (image <= 1.0)
-    ok &= tf.reduce_all(in_range | ~observed, axis=[1, 2, 3])
-    if scored:
-        missing = tf.broadcast_to(tf.equal(mask, float(MISSING)), tf.shape(image))
-        ok &= tf.reduce_all(_finite(image) | ~missing, axis=[1, 2, 3])
-    return ok
 
 
 def _nan_unless(valid, values):
@@ -356,7 +293,7 @@ def _serving_functions(model, image_shape, diagonal_noise=True, recalibration=No
         level = tf.ensure_shape(level, [], name="level")
         _, dist = mixture(image, mask)
         ends = recalibration_lib.interval(dist, level, recalibration)  # an assertion: 0 < level < 1
-        observed = tf.equal(dist.mask, OBSERVED)
+        observed = checks.is_observed(dist.mask)
         value = tf.cast(flatten_images(image), dist.dtype)
         return {
             name: unflatten_images(tf.where(observed, value, end), image_shape)
@@ -378,7 +315,7 @@ def _tflite_functions(model, image_shape):
 
     @tf.function(input_signature=[image_spec, mask_spec])
     def impute(image, mask):
-        valid = _valid_images(image, mask)  # [B]
+        valid = checks.valid_per_example(image, mask)  # [B]
         params = _parameters(model, image, mask)
         dist = MaskedFactorMixture.from_images(params, mask, image)
         outputs = {
@@ -392,7 +329,7 @@ def _tflite_functions(model, image_shape):
 
     @tf.function(input_signature=[image_spec, mask_spec])
     def log_prob(image, mask):
-        valid = _valid_images(image, mask, scored=True)  # [B]
+        valid = checks.valid_per_example(image, mask, scored=True)  # [B]
         params = _parameters(model, image, mask)
         dist = MaskedFactorMixture.from_images(params, mask, image)
         return {

@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from dmfa_tf.config import check_positive_int
+from dmfa_tf.core.checks import check_choice, check_positive_int, input_assertions, is_observed
 
 __all__ = [
     "ConvMixtureHead",
@@ -49,11 +49,6 @@ def constrain_diag(raw, floor, activation="sigmoid"):
     if activation == "sigmoid":
         return floor + ops.sigmoid(raw)
     return floor + ops.softplus(raw)
-
-
-def _check_choice(value, choices, what):
-    if value not in choices:
-        raise ValueError(f"`{what}` must be one of {choices}. Received: {what}={value!r}")
 
 
 def _check_image_shape(image_shape):
@@ -98,10 +93,13 @@ class ObservedInput(keras.layers.Layer):
 
     def call(self, image, mask):
         _check_mask_shape(image.shape, mask.shape)
-        known = ops.broadcast_to(ops.greater(mask, 0.5), ops.shape(image))
+        known = ops.broadcast_to(is_observed(mask), ops.shape(image))
         visible = ops.where(known, image, ops.zeros_like(image))
         if self.validate:
-            visible = _checked(visible, known, mask, self.bounded)
+            with tf.control_dependencies(input_assertions(
+                visible, mask, bounded=self.bounded, show_values=False
+            )):
+                visible = tf.identity(visible)
         return ops.concatenate([visible, ops.cast(known, image.dtype)], axis=-1)
 
     def get_config(self):
@@ -132,28 +130,6 @@ def _check_mask_shape(image_shape, mask_shape):
         )
 
 
-def _checked(visible, known, mask, bounded=True):
-    """`visible` behind assertions on the mask codes and the observed pixels
-    (finite; in [0, 1] if `bounded`)."""
-    checks = [
-        tf.debugging.Assert(
-            tf.reduce_all((mask == 1.0) | (mask == 0.0) | (mask == -1.0)),
-            ["dmfa_tf: `mask` must hold only 1 (observed), 0 (missing) and -1 (absent)."],
-        ),
-        tf.debugging.Assert(
-            tf.reduce_all(tf.math.is_finite(visible)),
-            ["dmfa_tf: `image` holds NaN or inf at observed pixels (mask 1)."],
-        ),
-    ]
-    if bounded:
-        checks.append(tf.debugging.Assert(
-            tf.reduce_all((visible >= 0.0) & (visible <= 1.0)),
-            ["dmfa_tf: `image` holds values outside [0, 1] at observed pixels (mask 1)."],
-        ))
-    with tf.control_dependencies(checks):
-        return tf.identity(visible)
-
-
 class _MixtureHead(keras.layers.Layer):
     """Shared configuration and constraints of the mixture heads."""
 
@@ -172,8 +148,8 @@ class _MixtureHead(keras.layers.Layer):
         self.image_shape = _check_image_shape(image_shape)
         check_positive_int(components, "components")
         check_positive_int(factors, "factors")
-        _check_choice(factor_activation, FACTOR_ACTIVATIONS, "factor_activation")
-        _check_choice(variance_activation, VARIANCE_ACTIVATIONS, "variance_activation")
+        check_choice(factor_activation, FACTOR_ACTIVATIONS, "factor_activation")
+        check_choice(variance_activation, VARIANCE_ACTIVATIONS, "variance_activation")
         if not factor_amplitude > 0:
             raise ValueError(
                 f"`factor_amplitude` must be > 0. Received: factor_amplitude={factor_amplitude!r}"

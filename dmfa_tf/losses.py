@@ -66,7 +66,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from dmfa_tf.distribution import (
+from dmfa_tf.core.distribution import (
     MISSING,
     MaskedFactorMixture,
     flatten_images,

@@ -26,7 +26,7 @@ Generators can be written as short strings (the command line's `--mask`):
 import tensorflow as tf
 
 from dmfa_tf import sources
-from dmfa_tf.config import check_positive_int
+from dmfa_tf.core.checks import check_positive_int, pixel_assertions
 
 __all__ = [
     "Halves",
@@ -346,23 +346,9 @@ def with_masks(dataset, generator, seed, nonfinite="error", indexed=False, bound
         image = sources.to_float(image)
         finite = tf.math.is_finite(image)
         clean = tf.where(finite, image, 0.0)
-        checks = [
-            tf.debugging.Assert(
-                tf.reduce_all((clean >= 0.0) & (clean <= 1.0)),
-                ["Pixel values outside [0, 1] in the image at index", index],
-            )
-        ] if bounded else []
-        if nonfinite == "error":
-            checks.append(
-                tf.debugging.Assert(
-                    tf.reduce_all(finite),
-                    [
-                        "NaN or inf pixels in the image at index",
-                        index,
-                        "(use nonfinite='absent' to train on incomplete images)",
-                    ],
-                )
-            )
+        checks = pixel_assertions(
+            image, bounded=bounded, finite=nonfinite == "error", where=" at index", data=(index,)
+        )
         with tf.control_dependencies(checks):
             mask = generator(height, width, tf.stack([base_seed, index]))
         if nonfinite == "absent":

@@ -79,9 +79,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf.config import check_positive_int
-from dmfa_tf import files, linalg
-from dmfa_tf.distribution import (
+from dmfa_tf.core.checks import check_positive_int
+from dmfa_tf import files
+from dmfa_tf.core import linalg
+from dmfa_tf.core.distribution import (
     ABSENT,
     MISSING,
     OBSERVED,

@@ -20,9 +20,9 @@ Rows of a table are events of shape `(1, D, 1)`; their models are built with
 import keras
 import tensorflow as tf
 
-from dmfa_tf.config import check_positive_int
+from dmfa_tf.core.checks import check_positive_int
 from dmfa_tf import optimizers
-from dmfa_tf.distribution import MaskedFactorMixture, unflatten_images
+from dmfa_tf.core.distribution import MaskedFactorMixture, unflatten_images
 from dmfa_tf.layers import ConvMixtureHead, DenseMixtureHead, ObservedInput
 from dmfa_tf.losses import Objective, objective_loss, squared_error, unpack_images
 

@@ -8,7 +8,7 @@ A saved model is a folder written by `train.py` (`saved_models/<name>/`):
 | `mfa.npz` | a classical mixture of factor analysers (`dmfa_tf.mfa`) |
 
 plus `config.json` (the training settings), `metrics.json` (its test scores)
-and, for DMFA networks, `recalibration.json` (`dmfa_tf.recalibration`: the
+and, for DMFA networks, `recalibration.json` (`dmfa_tf.core.recalibration`: the
 maps that recalibrate its per-pixel intervals).
 Every loaded model is a callable `model({"image", "mask"}) -> {"logits", "loc",
 "factors", "diag"}` with an `image_shape` property, so evaluation and export

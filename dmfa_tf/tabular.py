@@ -36,8 +36,8 @@ import tensorflow as tf
 from dmfa_tf import masks as masks_lib
 from dmfa_tf import tables
 from dmfa_tf import training
-from dmfa_tf.distribution import MaskedFactorMixture, flatten_images
-from dmfa_tf.recalibration import marginal_cdf
+from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images
+from dmfa_tf.core.recalibration import marginal_cdf
 from dmfa_tf.models import build_model, width_kwargs
 from dmfa_tf.tables import Standardizer
 

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from dmfa_tf import export
 from dmfa_tf import files as files_lib
-from dmfa_tf.distribution import MaskedFactorMixture, checked_sample_count, flatten_images
+from dmfa_tf.core.distribution import MaskedFactorMixture, checked_sample_count, flatten_images
 from dmfa_tf.models import float32_copy
 
 __all__ = ["ROW_SIGNATURES", "export_rows"]

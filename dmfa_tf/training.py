@@ -27,7 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import datasets, dequantization, evaluation, files, recalibration, sources
+from dmfa_tf import datasets, dequantization, evaluation, files, sources
+from dmfa_tf.core import recalibration
 from dmfa_tf import masks as masks_lib
 from dmfa_tf.baselines import DiagonalGaussian
 from dmfa_tf.config import TrainConfig, parse_select

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from dmfa_tf import files
-from dmfa_tf.distribution import (
+from dmfa_tf.core.distribution import (
     MaskedFactorMixture,
     flatten_mask,
     most_probable_component,

@@ -7,7 +7,7 @@ from sklearn.impute import KNNImputer
 
 import reference
 from dmfa_tf import baselines, evaluation, masks
-from dmfa_tf.distribution import flatten_mask
+from dmfa_tf.core.distribution import flatten_mask
 
 SHAPE = (3, 4, 1)  # N = 12
 N = 12

@@ -8,7 +8,7 @@ from scipy import stats
 
 import reference
 from dmfa_tf import baselines, dequantization, evaluation, masks
-from dmfa_tf.distribution import flatten_mask
+from dmfa_tf.core.distribution import flatten_mask
 
 
 def eight_bit(rng, shape):

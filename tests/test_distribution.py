@@ -7,7 +7,7 @@ import tensorflow_probability as tfp
 
 import reference
 from dmfa_tf import masks
-from dmfa_tf.distribution import MaskedFactorMixture, flatten_mask
+from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_mask
 
 HEIGHT, WIDTH = 6, 5  # N = 30
 N = HEIGHT * WIDTH
@@ -414,7 +414,7 @@ def test_from_images_broadcasts_single_channel_mask():
 def test_most_probable_component_by_hand():
     """The one rule for "the most probable component": the largest logit, the
     first one on a tie; the distribution's method and imputation use it."""
-    from dmfa_tf.distribution import most_probable_component
+    from dmfa_tf.core.distribution import most_probable_component
 
     logits = np.array([[0.0, 2.0, 1.0], [3.0, 3.0, -1.0]], np.float32)
     np.testing.assert_array_equal(most_probable_component(logits).numpy(), [1, 0])

@@ -12,7 +12,7 @@ from scipy import stats
 
 import reference
 from dmfa_tf import evaluation, masks
-from dmfa_tf.distribution import MaskedFactorMixture, flatten_mask
+from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_mask
 from dmfa_tf.config import TrainConfig
 from dmfa_tf.training import train_and_evaluate
 

@@ -17,9 +17,10 @@ import pytest
 import tensorflow as tf
 
 import dmfa_tf
-from dmfa_tf import export, masks, recalibration
+from dmfa_tf import export, masks
+from dmfa_tf.core import recalibration
 from dmfa_tf.baselines import DiagonalGaussian
-from dmfa_tf.distribution import MaskedFactorMixture, flatten_images, unflatten_images
+from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images, unflatten_images
 
 SAMPLE_SEED = (3, 7)
 NUM_SAMPLES = 3

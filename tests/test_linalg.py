@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dmfa_tf import linalg
+from dmfa_tf.core import linalg
 
 
 def _spd(rng, batch, size):

@@ -1,4 +1,4 @@
-"""Recalibrated intervals (`dmfa_tf.recalibration`) against hand-computed maps,
+"""Recalibrated intervals (`dmfa_tf.core.recalibration`) against hand-computed maps,
 SciPy quantiles of the mixture marginal, and coverage on held-out draws."""
 
 import json
@@ -11,9 +11,10 @@ import tensorflow as tf
 from scipy import optimize, stats
 
 import reference
-from dmfa_tf import evaluation, recalibration
-from dmfa_tf.distribution import MaskedFactorMixture
-from dmfa_tf.recalibration import Recalibration
+from dmfa_tf import evaluation
+from dmfa_tf.core import recalibration
+from dmfa_tf.core.distribution import MaskedFactorMixture
+from dmfa_tf.core.recalibration import Recalibration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

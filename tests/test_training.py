@@ -41,7 +41,7 @@ def test_run_writes_model_config_and_metrics(tmp_path):
     saved = json.loads((output / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     # The interval recalibration is fitted on the validation split, with the test mask.
-    from dmfa_tf import recalibration
+    from dmfa_tf.core import recalibration
 
     fitted = recalibration.load(str(output))
     assert fitted.fitted_on["split"] == "val" and fitted.fitted_on["mask"] == "4x4"

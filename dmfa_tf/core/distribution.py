@@ -53,7 +53,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from dmfa_tf import linalg
+from dmfa_tf.core import linalg
+from dmfa_tf.core.checks import ABSENT, MASK_CODES_MESSAGE, MISSING, OBSERVED, is_observed, valid_codes
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -71,10 +72,8 @@ __all__ = [
     "unflatten_images",
 ]
 
-# Mask codes, one per coordinate.
-OBSERVED = 1  # given: conditioned on, kept as it is in outputs
-MISSING = 0  # not given: scored by `log_prob`, filled in by samples and means
-ABSENT = -1  # not given and not scored: filled in, but left out of `log_prob`
+# Mask codes, one per coordinate: OBSERVED (1), MISSING (0), ABSENT (-1), as
+# `dmfa_tf.core.checks` defines them.
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -316,13 +315,7 @@ class MaskedFactorMixture(tfd.Distribution):
                 message="`diag` holds variances and must be > 0 everywhere.",
             ),
             tf.debugging.assert_equal(
-                tf.reduce_all(
-                    (self._mask == OBSERVED)
-                    | (self._mask == MISSING)
-                    | (self._mask == ABSENT)
-                ),
-                True,
-                message="`mask` must hold only 1 (observed), 0 (missing) and -1 (absent).",
+                tf.reduce_all(valid_codes(self._mask)), True, message=MASK_CODES_MESSAGE
             ),
         ]
         for key in ("logits", "loc", "factors", "diag"):
@@ -334,7 +327,7 @@ class MaskedFactorMixture(tfd.Distribution):
                 )
             )
         if self._observed is not None:
-            given = tf.where(self._mask == OBSERVED, self._observed, 0.0)
+            given = tf.where(is_observed(self._mask), self._observed, 0.0)
             assertions.append(
                 tf.debugging.assert_equal(
                     tf.reduce_all(tf.math.is_finite(given)),
