@@ -101,10 +101,12 @@ def _is_table_model(path):
 def evaluate_table(args):
     """A table model (`dmfa_tf.tabular`): NLL per held-out cell, RMSE and MAE in
     the table's units, interval coverage; `--compare` baselines from
-    `dmfa_tf.tabular_baselines` (mean, knn, iterative, gaussian)."""
+    `dmfa_tf.baselines.tabular` (mean, knn, iterative, gaussian)."""
     import numpy as np
 
-    from dmfa_tf import evaluation, tables, tabular, tabular_baselines
+    from dmfa_tf import evaluation, tabular
+    from dmfa_tf.baselines import tabular as tabular_baselines
+    from dmfa_tf.data import tables
     from dmfa_tf.config import TrainConfig
 
     for name in args.compare:
@@ -159,7 +161,8 @@ def evaluate(args):
     if _is_table_model(args.model):
         return evaluate_table(args)
 
-    from dmfa_tf import datasets, evaluation, masks, saving, training
+    from dmfa_tf import data as datasets
+    from dmfa_tf import evaluation, masks, saving, training
     from dmfa_tf.core import recalibration
 
     specs = [evaluation.parse_model_spec(t) for t in ([args.model] if args.model else []) + args.compare]

@@ -53,7 +53,7 @@ def parse_args(argv=None):
 def impute_csv(args):
     import numpy as np
 
-    from dmfa_tf import tables
+    from dmfa_tf.data import tables
     from dmfa_tf.tabular import TabularModel
 
     model = TabularModel.load(args.model)

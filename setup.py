@@ -29,7 +29,7 @@ setup(
         "keras>=3.8,<4",
         "tensorflow-datasets>=4.9,<5",
         # TFDS needs it (and Pillow) to prepare a data set, e.g. mnist offline:
-        # `python -m dmfa_tf.datasets prepare-mnist`.
+        # `python -m dmfa_tf.data prepare-mnist`.
         "importlib-resources>=5,<8",
         "tensorboard>=2.18,<2.22",
         "numpy>=1.26,<3",

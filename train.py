@@ -16,9 +16,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def parse_args(argv=None):
     from dmfa_tf.config import (
-        DATASET_DEFAULTS, DEQUANTIZE, MFA_INITS, MFA_NOISE_TYPES, MODELS, STRATEGIES, TrainConfig,
+        CROPS, DATASET_DEFAULTS, DEQUANTIZE, MFA_INITS, MFA_NOISE_TYPES, MODELS, PRESETS, STRATEGIES,
+        TrainConfig,
     )
-    from dmfa_tf.config import CROPS
+    from dmfa_tf.models import ARCHITECTURES
 
     parser = argparse.ArgumentParser(
         description="Train a Deep Mixture of Factor Analyzers on masked images, "
@@ -26,7 +27,7 @@ def parse_args(argv=None):
     )
     choices = {
         "dataset": sorted(DATASET_DEFAULTS),
-        "architecture": ["fullconv", "linear_heads", "mlp", "tabular"],
+        "architecture": sorted(ARCHITECTURES),
         "strategy": list(STRATEGIES),
         "factor_activation": ["sigmoid", "tanh", "linear"],
         "precision": ["auto", "float32", "mixed_bfloat16"],
@@ -147,7 +148,16 @@ def parse_args(argv=None):
             help=helps.get(field.name),
         )
     parser.add_argument("--quiet", action="store_true", help="print only errors")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS),
+        help="named settings for the flags left out: tiny (digits, 2 epochs, 256 training "
+        "images, 64 scored: seconds, for smoke checks)",
+    )
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
+    del args.preset
     quiet = args.quiet
     del args.quiet
     return TrainConfig(**vars(args)), quiet

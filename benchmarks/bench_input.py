@@ -76,7 +76,8 @@ def _train_speed(args):
     import keras
     import numpy as np
 
-    from dmfa_tf import build_model, datasets, training
+    from dmfa_tf import build_model, training
+    from dmfa_tf import data as datasets
     from dmfa_tf.config import TrainConfig
     from dmfa_tf.models import precision_of, width_kwargs
 
@@ -115,7 +116,7 @@ def worker(args):
     """One measurement, in this process; prints one JSON line."""
     import numpy as np
 
-    from dmfa_tf import datasets  # noqa: F401 (imports TensorFlow)
+    from dmfa_tf import data as datasets  # noqa: F401 (imports TensorFlow)
 
     size = args.size
     result = {"path": args.path, "folder": args.folder, "size": size}

@@ -29,7 +29,7 @@ a minute of start-up and scoring; run it alone on the machine):
 
 A candidate is `architecture [key=value ...]`: keys `objective`, `components`,
 `factors`, `batch`, `lr`, `floor` (the variance floor) and `dequantize`
-(`true`: fit to dequantized targets, `dmfa_tf.dequantization`) set the
+(`true`: fit to dequantized targets, `dmfa_tf.data.dequantization`) set the
 training; any other key goes to `build_model` as an architecture option
 (`width`, `depth`, `hidden`, `blocks`, ...), its value read as a Python literal.
 """
@@ -90,7 +90,9 @@ def worker(args):
     import numpy as np
     import tensorflow as tf
 
-    from dmfa_tf import datasets, dequantization, evaluation
+    from dmfa_tf import data as datasets
+    from dmfa_tf import evaluation
+    from dmfa_tf.data import dequantization
     from dmfa_tf import masks as masks_lib
     from dmfa_tf.models import build_model
     from dmfa_tf.training import training_data

@@ -53,7 +53,8 @@ except ImportError:  # run without PYTHONPATH: the package is next to this folde
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import export, saving
+from dmfa_tf import saving
+from dmfa_tf import serving as export
 from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images
 
 
@@ -104,7 +105,7 @@ def _test_batch(model_dir, image_shape, count):
     if model_dir is not None:
         try:
             config = saving.load_config(model_dir) or {}
-            from dmfa_tf import datasets
+            from dmfa_tf import data as datasets
 
             if config.get("dataset"):
                 data = datasets.load(

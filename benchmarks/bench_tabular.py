@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from dmfa_tf import tables
+from dmfa_tf.data import tables
 from dmfa_tf.config import TrainConfig
 
 METHODS = ("mean", "knn", "iterative", "gaussian")

@@ -207,7 +207,7 @@ class Worker:
         import numpy as np
         import tensorflow as tf
 
-        from dmfa_tf import optimizers
+        from dmfa_tf.models import optimizers
 
         keras.utils.set_random_seed(0)
         self.case = case

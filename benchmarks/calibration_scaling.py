@@ -47,7 +47,8 @@ def main(argv=None):
     import numpy as np
     import tensorflow as tf
 
-    from dmfa_tf import datasets, evaluation
+    from dmfa_tf import data as datasets
+    from dmfa_tf import evaluation
     from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images
 
     path = args.model

@@ -49,20 +49,20 @@ from dmfa_tf.core.distribution import (  # noqa: E402
     flatten_mask,
     unflatten_images,
 )
-from dmfa_tf.layers import ConvMixtureHead, DenseMixtureHead, ObservedInput  # noqa: E402
-from dmfa_tf.losses import MaskedNLL, negative_log_likelihood, squared_error  # noqa: E402
+from dmfa_tf.models.layers import ConvMixtureHead, DenseMixtureHead, ObservedInput  # noqa: E402
+from dmfa_tf.models.losses import MaskedNLL, negative_log_likelihood, squared_error  # noqa: E402
 from dmfa_tf.models import ARCHITECTURES, DMFAModel, build_model  # noqa: E402
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # `export_saved_model` and `export_tflite` load `dmfa_tf.export` on first
-    # use, so that `python -m dmfa_tf.export` does not import it twice.
+    # `export_saved_model` and `export_tflite` load `dmfa_tf.serving` on first
+    # use, so that `import dmfa_tf` does not load the export code.
     if name in ("export_saved_model", "export_tflite"):
-        from dmfa_tf import export
+        from dmfa_tf import serving
 
-        return getattr(export, name)
+        return getattr(serving, name)
     raise AttributeError(f"module 'dmfa_tf' has no attribute {name!r}")
 
 

@@ -10,7 +10,7 @@ import json
 from dmfa_tf.core.checks import check_positive_int
 
 __all__ = [
-    "DATASET_DEFAULTS", "DEQUANTIZE", "MFA_INITS", "MFA_NOISE_TYPES", "LR_SCHEDULES", "MODELS", "SELECT_METRICS",
+    "DATASET_DEFAULTS", "DEQUANTIZE", "PRESETS", "MFA_INITS", "MFA_NOISE_TYPES", "LR_SCHEDULES", "MODELS", "SELECT_METRICS",
     "STRATEGIES", "TABULAR_DATASETS", "TrainConfig", "parse_select",
 ]
 
@@ -46,6 +46,14 @@ DATASET_DEFAULTS = {
     ),
 }
 
+# Named settings (`TrainConfig.preset`, `train.py --preset`): they fill in the
+# flags left out, and the data set's defaults fill in the rest.
+PRESETS = {
+    # A run of seconds on 2 CPU cores, for tests, examples and smoke checks: the
+    # bundled digits (no download), 2 epochs on 256 training images, 64 scored.
+    "tiny": dict(dataset="digits", epochs=2, max_train_images=256, max_test_images=64),
+}
+
 # Tables (dmfa_tf.tabular): rows of numeric cells, MCAR masks drawn on top of
 # the cells missing in the data. An epoch is at least 100 steps.
 TABLE_DEFAULTS = dict(
@@ -53,7 +61,7 @@ TABLE_DEFAULTS = dict(
     lr_schedule="cosine", components=3, factors=4, width=128, dropout=0.5, val_fraction=0.2,
     test_fraction=0.2,
 )
-TABULAR_DATASETS = ("csv", "iris", "wine", "breast_cancer", "diabetes")  # as dmfa_tf.tables
+TABULAR_DATASETS = ("csv", "iris", "wine", "breast_cancer", "diabetes")  # as dmfa_tf.data.tables
 for _name in TABULAR_DATASETS:
     DATASET_DEFAULTS[_name] = dict(TABLE_DEFAULTS)
 # Settings of tables only; images take their split from the data set.
@@ -61,7 +69,7 @@ TABLE_ONLY = ("val_fraction", "test_fraction", "dropout")
 # Settings of images only.
 IMAGE_ONLY = ("image_size", "hole", "mfa_components", "mfa_factors", "train_absent")
 
-CROPS = ("paper", "aspect")  # as dmfa_tf.datasets.CROPS
+CROPS = ("paper", "aspect")  # as dmfa_tf.data.CROPS
 
 # Settings of the DMFA network and its training, meaningless for --model=mfa.
 DMFA_ONLY = (
@@ -70,8 +78,8 @@ DMFA_ONLY = (
 )
 
 MODELS = ("dmfa", "mfa")
-MFA_NOISE_TYPES = ("isotropic", "diagonal")  # as dmfa_tf.mfa.NOISE_TYPES
-MFA_INITS = ("kmeans", "random")  # as dmfa_tf.mfa.INITS
+MFA_NOISE_TYPES = ("isotropic", "diagonal")  # as dmfa_tf.baselines.mfa.NOISE_TYPES
+MFA_INITS = ("kmeans", "random")  # as dmfa_tf.baselines.mfa.INITS
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 LR_SCHEDULES = ("constant", "cosine")
@@ -142,7 +150,7 @@ class TrainConfig:
     # The backbone's arithmetic: "auto" (bfloat16 on CPUs that have it, else float32),
     # "float32" or "mixed_bfloat16" (dmfa_tf.models.build_model, resolve_precision)
     precision: str = "auto"
-    # Fit the density to dequantized targets (dmfa_tf.dequantization): "off" (default),
+    # Fit the density to dequantized targets (dmfa_tf.data.dequantization): "off" (default),
     # "auto" (8-bit data, values k/255: yes; other data: nothing to do) or "on" (8-bit
     # data only)
     dequantize: str = "off"
@@ -164,7 +172,7 @@ class TrainConfig:
     mfa_iterations: int = 30  # EM iterations
     mfa_noise: str = "isotropic"  # "isotropic" (MPPCA, the paper's) or "diagonal"
     mfa_init: str = "kmeans"  # "kmeans" or "random"
-    # Training objective (dmfa_tf.losses): nll, nll+mse[:w], beta_nll[:beta], mse_mean[:w];
+    # Training objective (dmfa_tf.models.losses): nll, nll+mse[:w], beta_nll[:beta], mse_mean[:w];
     # default per data set (mnist nll+mse:1, celeb_a nll+mse:0.1, others nll)
     objective: str = None
     objective_switch_epoch: int = None  # train on `objective` for this many epochs, then on nll
@@ -206,7 +214,7 @@ class TrainConfig:
             values["nonfinite"] = "absent"
         config = TrainConfig(**values)
         config._check()
-        from dmfa_tf.losses import Objective
+        from dmfa_tf.models.losses import Objective
 
         config.objective = str(Objective.parse(config.objective))  # canonical: "nll+mse:1"
         return config
@@ -278,7 +286,7 @@ class TrainConfig:
             raise ValueError(
                 f"`download` must be True or False. Received: download={self.download!r}"
             )
-        from dmfa_tf.losses import Objective  # TensorFlow: imported here only
+        from dmfa_tf.models.losses import Objective  # TensorFlow: imported here only
 
         Objective.parse(self.objective)  # raises ValueError with the accepted forms
         if self.objective_switch_epoch is not None:
@@ -335,6 +343,13 @@ class TrainConfig:
             value = getattr(self, key)
             if value not in allowed:
                 raise ValueError(f"`{key}` must be one of {allowed}. Received: {key}={value!r}")
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        """The configuration of preset `name` (`PRESETS`), with `overrides`."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

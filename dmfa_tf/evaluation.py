@@ -39,7 +39,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import dequantization, files, sources
+from dmfa_tf import files
+from dmfa_tf.data import dequantization, sources
 from dmfa_tf.core import recalibration as recalibration_lib
 from dmfa_tf.core.recalibration import marginal_cdf
 from dmfa_tf import masks as masks_lib
@@ -199,7 +200,7 @@ def _mixture_step(model, window, recalibration=None, pit_histogram_bins=None):
         params = model({"image": image, "mask": batch_mask}, training=False)
         dist = MaskedFactorMixture.from_images(params, batch_mask, image)
         target = tf.cast(flatten_images(image), dist.dtype)  # [B, N]
-        # Calibration at the dequantized values (dmfa_tf.dequantization).
+        # Calibration at the dequantized values (dmfa_tf.data.dequantization).
         calibrated = tf.cast(flatten_images(batch["calibration_image"]), dist.dtype)
         distances = dist.component_mahalanobis(calibrated)  # [B, K]
         best = dist.most_probable_component()  # [B]: the imputation's component
@@ -461,7 +462,7 @@ def calibration(scores):
         return None
     pixels = counts[usable].sum()
     result = {"pixels": int(pixels)}
-    if "dequantization_step" in scores:  # the values measured: dmfa_tf.dequantization
+    if "dequantization_step" in scores:  # the values measured: dmfa_tf.data.dequantization
         result["dequantization_step"] = float(np.asarray(scores["dequantization_step"])[0])
     result.update(_coverages(scores, usable, pixels))
     if f"{RECALIBRATED}pit_counts" in scores:
@@ -655,7 +656,7 @@ def comparison_table(rows):
         lines += [
             "",
             f"Calibration measured at the dequantized missing values x + (v - 1/2) q, "
-            f"q = 1/{round(1 / q)}, v ~ U(0, 1) seeded per image (dmfa_tf.dequantization); "
+            f"q = 1/{round(1 / q)}, v ~ U(0, 1) seeded per image (dmfa_tf.data.dequantization); "
             "evaluate.py --dequantize=off measures it at the stored values.",
         ]
     return "\n".join(lines)

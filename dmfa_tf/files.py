@@ -6,7 +6,7 @@ it is complete (`os.replace`, atomic on POSIX and Windows), so a killed process
 leaves either the old file or the new one, never a truncated one; the partial
 file is removed when the writing fails. Folders written whole (a model folder,
 a SavedModel version) use the same idea one level up: see
-`training.write_outputs` and `export.export_saved_model`.
+`training.write_outputs` and `serving.export_saved_model`.
 """
 
 import contextlib

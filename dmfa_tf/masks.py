@@ -25,7 +25,7 @@ Generators can be written as short strings (the command line's `--mask`):
 
 import tensorflow as tf
 
-from dmfa_tf import sources
+from dmfa_tf.data import sources
 from dmfa_tf.core.checks import check_positive_int, pixel_assertions
 
 __all__ = [

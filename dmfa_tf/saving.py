@@ -5,7 +5,7 @@ A saved model is a folder written by `train.py` (`saved_models/<name>/`):
 | file | kind |
 |---|---|
 | `model.keras` | a DMFA network (`keras.saving.load_model`) |
-| `mfa.npz` | a classical mixture of factor analysers (`dmfa_tf.mfa`) |
+| `mfa.npz` | a classical mixture of factor analysers (`dmfa_tf.baselines.mfa`) |
 
 plus `config.json` (the training settings), `metrics.json` (its test scores)
 and, for DMFA networks, `recalibration.json` (`dmfa_tf.core.recalibration`: the
@@ -35,9 +35,9 @@ def load(path):
     if os.path.exists(os.path.join(path, "model.keras")):
         return _load_keras(os.path.join(path, "model.keras"))
     if os.path.exists(os.path.join(path, "mfa.npz")):
-        from dmfa_tf import mfa
+        from dmfa_tf.baselines.mfa import MFA
 
-        return mfa.MFA.load(path)
+        return MFA.load(path)
     raise FileNotFoundError(
         f"{path!r} holds neither model.keras (a DMFA network) nor mfa.npz (an MFA "
         f"model). Found: {sorted(os.listdir(path))}"
@@ -59,7 +59,7 @@ def _load_keras(path):
 
     import keras
 
-    import dmfa_tf  # noqa: F401  (registers the custom layers and model)
+    import dmfa_tf.models  # noqa: F401  (registers the custom layers and model)
 
     # Keras reports any unreadable file as "File not found"; name the real problem.
     if not zipfile.is_zipfile(path):

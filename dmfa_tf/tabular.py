@@ -19,7 +19,7 @@ standardised with the training rows' column means and standard deviations
 - `evaluate_table`: NLL of the held-out cells, RMSE and MAE in the table's
   units, interval coverage, against the column mean, scikit-learn's
   `KNNImputer` and `IterativeImputer`, and a full-covariance Gaussian
-  (`dmfa_tf.tabular_baselines`).
+  (`dmfa_tf.baselines.tabular`).
 """
 
 import json
@@ -34,12 +34,12 @@ import numpy as np
 import tensorflow as tf
 
 from dmfa_tf import masks as masks_lib
-from dmfa_tf import tables
+from dmfa_tf.data import tables
 from dmfa_tf import training
 from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images
 from dmfa_tf.core.recalibration import marginal_cdf
 from dmfa_tf.models import build_model, width_kwargs
-from dmfa_tf.tables import Standardizer
+from dmfa_tf.data.tables import Standardizer
 
 __all__ = [
     "MIN_STEPS_PER_EPOCH", "TEST_REPEATS", "VALIDATION_REPEATS", "TabularModel", "evaluate_table",
@@ -315,7 +315,7 @@ def evaluate_table(model, table, train_rows, test_rows, rate, seed, compare=(),
     Returns:
         `{method: score_predictions(...) + {"seconds"}}`.
     """
-    from dmfa_tf import tabular_baselines
+    from dmfa_tf.baselines import tabular as tabular_baselines
 
     standardizer = model.standardizer if model is not None else Standardizer.fit(
         table.values[train_rows])
@@ -501,7 +501,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
               "No test rows (test_fraction 0).")
         print(f"Saved to {config.output}")
     if config.export:
-        from dmfa_tf import tabular_serving
+        from dmfa_tf.serving import tabular as tabular_serving
 
         path = tabular_serving.export_rows(tabular, os.path.join(config.export, config.name))
         if verbose:

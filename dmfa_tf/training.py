@@ -27,12 +27,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import datasets, dequantization, evaluation, files, sources
+from dmfa_tf import data as datasets
+from dmfa_tf import evaluation, files
+from dmfa_tf.data import dequantization, sources
 from dmfa_tf.core import recalibration
 from dmfa_tf import masks as masks_lib
 from dmfa_tf.baselines import DiagonalGaussian
 from dmfa_tf.config import TrainConfig, parse_select
-from dmfa_tf.losses import Objective
+from dmfa_tf.models.losses import Objective
 from dmfa_tf.models import build_model, precision_of, width_kwargs
 
 __all__ = [
@@ -681,7 +683,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             precision=config.precision,
             **architecture_kwargs,
         )
-    model.objective = config.objective  # dmfa_tf.losses; the default is "nll"
+    model.objective = config.objective  # dmfa_tf.models.losses; the default is "nll"
     check_free_space(config, model.count_params())
 
     steps = max(1, len(train_images) // config.batch_size)
@@ -871,7 +873,7 @@ def export_if_asked(config, model, verbose=1):
     `<export>/<name>/<next version>/` and returns that folder (else None)."""
     if not config.export:
         return None
-    from dmfa_tf.export import export_saved_model
+    from dmfa_tf.serving import export_saved_model
 
     path = export_saved_model(model, os.path.join(config.export, config.name))
     if verbose:
@@ -938,7 +940,7 @@ def _train_mfa(config, data, train_images, test_images, test_mask, started, verb
     `nll` / `mse` are the paper conditional's (as the paper reports its MFA);
     `exact` holds the full mixture conditional's.
     """
-    from dmfa_tf.mfa import MFA
+    from dmfa_tf.baselines.mfa import MFA
 
     floor = config.variance_floor if config.variance_floor is not None else MFA_VARIANCE_FLOOR
     if verbose:

@@ -159,7 +159,8 @@ def test_calibration_scaling_measures_the_model_it_rescales(tmp_path):
     # own, as evaluation.score computes it on the same images and masks.
     import numpy as np
 
-    from dmfa_tf import datasets, evaluation
+    from dmfa_tf import data as datasets
+    from dmfa_tf import evaluation
 
     spec = importlib.util.spec_from_file_location(
         "calibration_scaling", SCRIPT.parent / "calibration_scaling.py"

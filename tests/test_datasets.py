@@ -11,7 +11,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from dmfa_tf import datasets
+from dmfa_tf import data as datasets
+from dmfa_tf.data import idx as data_idx
+from dmfa_tf.data import photos as data_photos
+from dmfa_tf.data import tfds as data_tfds
 
 STEMS = [
     "train-images-idx3-ubyte",
@@ -170,7 +173,7 @@ def test_load_only_the_test_split(mnist, mnist_dir, monkeypatch):
     training files (what evaluate.py asks for when no baseline needs them)."""
     read = []
     read_idx = datasets.read_idx
-    monkeypatch.setattr(datasets, "read_idx", lambda path: read.append(os.path.basename(path)) or read_idx(path))
+    monkeypatch.setattr(data_idx, "read_idx", lambda path: read.append(os.path.basename(path)) or read_idx(path))
     test_only = datasets.load("mnist", data_dir=mnist_dir, splits=("test",))
     assert sorted(read) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
     assert test_only.train is None and test_only.val is None and test_only.val_labels is None
@@ -545,7 +548,7 @@ def test_celeba_cache_round_trip(celeba32, celeba_dir, celeba_cache, monkeypatch
     def no_decoding(*args, **kwargs):
         raise AssertionError("the photos were decoded again: the cache was missed")
 
-    monkeypatch.setattr(datasets, "_decode_photos", no_decoding)
+    monkeypatch.setattr(data_photos, "_decode_photos", no_decoding)
     # The image folder itself (partition file found in its parent) is the same key.
     again = datasets.load(
         "celeb_a", data_dir=os.path.join(celeba_dir, "img_align_celeba"),
@@ -827,6 +830,19 @@ def test_npz_not_a_zip(tmp_path):
 # --- tensorflow-datasets -------------------------------------------------------
 
 
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_tfds_record_order_is_that_of_tfds_hasher(split):
+    """Our `hashlib` computation of TFDS's on-disk order equals the order of
+    TFDS's own (private) Hasher: the split name salts an MD5 of the key."""
+    hashing = pytest.importorskip("tensorflow_datasets.core.hashing")
+    count = 500
+    expected = sorted(range(count), key=hashing.Hasher(split).hash_key)
+    order = data_tfds.tfds_record_order(split, count)
+    assert order.dtype == np.int64 and sorted(order.tolist()) == list(range(count))
+    np.testing.assert_array_equal(order, expected)
+    assert not np.array_equal(order, np.arange(count))  # a real shuffle
+
+
 @pytest.fixture(scope="module")
 def tfds_mnist_dir(mnist_dir, tmp_path_factory):
     """TFDS's own mnist, prepared offline from the shared IDX files (~20 s)."""
@@ -838,7 +854,7 @@ def tfds_mnist_dir(mnist_dir, tmp_path_factory):
 def test_tfds_mnist_prepared_offline(tfds_mnist_dir, mnist, mnist_dir, monkeypatch):
     assert sorted(os.listdir(tfds_mnist_dir)) == ["mnist"]  # no leftovers
     calls = []
-    read_tfds = datasets._load_tfds
+    read_tfds = data_tfds._load_tfds
 
     def spy(*args, **kwargs):
         calls.append(args[0])
@@ -847,8 +863,8 @@ def test_tfds_mnist_prepared_offline(tfds_mnist_dir, mnist, mnist_dir, monkeypat
     def no_idx(*args, **kwargs):
         raise AssertionError("the IDX loader was used")
 
-    monkeypatch.setattr(datasets, "_load_tfds", spy)
-    monkeypatch.setattr(datasets, "_load_idx_dataset", no_idx)
+    monkeypatch.setattr(data_tfds, "_load_tfds", spy)
+    monkeypatch.setattr(data_idx, "_load_idx_dataset", no_idx)
     splits = datasets.load("mnist", data_dir=tfds_mnist_dir, verbose=0)
     assert calls == ["mnist"]
     # The same images and labels as the IDX route, in the same order.

@@ -7,7 +7,8 @@ import tensorflow as tf
 from scipy import stats
 
 import reference
-from dmfa_tf import baselines, dequantization, evaluation, masks
+from dmfa_tf import baselines, evaluation, masks
+from dmfa_tf.data import dequantization
 from dmfa_tf.core.distribution import flatten_mask
 
 

@@ -388,7 +388,7 @@ def test_nan_at_scored_coordinates_is_an_error_in_eager_mode():
     count = int((mask == 0).sum())
     with pytest.raises(ValueError, match=f"holds {count} NaN or inf values at missing .*-1 \\(absent\\)"):
         dist.log_prob(x)
-    from dmfa_tf.losses import negative_log_likelihood
+    from dmfa_tf.models.losses import negative_log_likelihood
 
     image = np.where(mask == 0, np.nan, 0.5).reshape(2, 1, N, 1)
     with pytest.raises(ValueError, match="NaN or inf values at missing"):

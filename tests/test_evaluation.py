@@ -275,8 +275,8 @@ def test_baselines_need_training_images():
 def tiny_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
     train_and_evaluate(
-        TrainConfig(
-            dataset="digits", epochs=1, max_train_images=256, max_test_images=32,
+        TrainConfig.preset(
+            "tiny", epochs=1, max_test_images=32,
             output=str(folder / "digits"), workdir=str(folder / "runs"),
         ),
         verbose=0,

@@ -17,10 +17,12 @@ import pytest
 import tensorflow as tf
 
 import dmfa_tf
-from dmfa_tf import export, masks
+from dmfa_tf import masks, serving
 from dmfa_tf.core import recalibration
 from dmfa_tf.baselines import DiagonalGaussian
 from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images, unflatten_images
+from dmfa_tf.serving.signatures import _tflite_functions
+from dmfa_tf.serving.tflite import _assertions_off
 
 SAMPLE_SEED = (3, 7)
 NUM_SAMPLES = 3
@@ -138,10 +140,10 @@ def _run_fresh_process(path, image, mask, tmp_path):
 
 
 def _tflite_outputs(path, image, mask):
-    interpreter = export.tflite_interpreter(path)
+    interpreter = serving.tflite_interpreter(path)
     return {
-        name: export.run_tflite(interpreter, name, image=image, mask=mask)
-        for name in export.TFLITE_SIGNATURES
+        name: serving.run_tflite(interpreter, name, image=image, mask=mask)
+        for name in serving.TFLITE_SIGNATURES
     }
 
 
@@ -205,7 +207,7 @@ def test_layout_signatures_and_metadata(exported):
 
 
 def test_signature_specs(loaded):
-    assert set(loaded.signatures) == set(export.SERVING_SIGNATURES)
+    assert set(loaded.signatures) == set(serving.SERVING_SIGNATURES)
     default = loaded.signatures["serving_default"]
     _, inputs = default.structured_input_signature
     assert inputs["image"].shape.as_list() == [None, 8, 8, 1]
@@ -228,7 +230,7 @@ def test_signature_specs(loaded):
 def test_saved_model_matches_the_model_in_process(mlp_model, loaded, batch):
     image, mask = batch
     outputs = {name: _call_signature(loaded.signatures, name, image, mask)
-               for name in export.SERVING_SIGNATURES}
+               for name in serving.SERVING_SIGNATURES}
     _assert_matches(outputs, _reference(mlp_model, image, mask))
 
 
@@ -236,7 +238,7 @@ def test_fresh_process_without_dmfa_tf(mlp_model, exported, batch, tmp_path):
     image, mask = batch
     report, outputs = _run_fresh_process(exported, image, mask, tmp_path)
     assert report == {
-        "signatures": sorted(export.SERVING_SIGNATURES),
+        "signatures": sorted(serving.SERVING_SIGNATURES),
         "dmfa_tf": False,
         "tensorflow_probability": False,
     }
@@ -343,19 +345,19 @@ def test_versions_are_never_overwritten(mlp_model, exported):
     base = os.path.dirname(exported)
     before = {f: os.path.getmtime(os.path.join(exported, f)) for f in os.listdir(exported)}
     with pytest.raises(FileExistsError, match="never overwritten"):
-        export.export_saved_model(mlp_model, base, version=1)
+        serving.export_saved_model(mlp_model, base, version=1)
     assert before == {f: os.path.getmtime(os.path.join(exported, f)) for f in os.listdir(exported)}
     os.makedirs(os.path.join(base, "not-a-version"))
     os.makedirs(os.path.join(base, "7"))
-    assert export.next_version(base) == 8
-    second = export.export_saved_model(mlp_model, base)
+    assert serving.next_version(base) == 8
+    second = serving.export_saved_model(mlp_model, base)
     assert os.path.basename(second) == "8"
     os.rmdir(os.path.join(base, "7"))
     os.rmdir(os.path.join(base, "not-a-version"))
     with pytest.raises(ValueError, match="version=0"):
-        export.export_saved_model(mlp_model, base, version=0)
+        serving.export_saved_model(mlp_model, base, version=0)
     with pytest.raises(ValueError, match="quantize='int4'"):
-        export.export_saved_model(mlp_model, base, tflite=True, quantize="int4")
+        serving.export_saved_model(mlp_model, base, tflite=True, quantize="int4")
 
 
 def test_version_folders_are_readable_by_other_users(exported):
@@ -368,7 +370,7 @@ def test_version_folders_are_readable_by_other_users(exported):
 
 
 def test_next_version_of_a_missing_folder_is_1(tmp_path):
-    assert export.next_version(str(tmp_path / "none")) == 1
+    assert serving.next_version(str(tmp_path / "none")) == 1
 
 
 # === TFLite ===
@@ -376,12 +378,12 @@ def test_next_version_of_a_missing_folder_is_1(tmp_path):
 
 def test_tflite_builtin_ops_only_and_parity(exported, loaded, batch):
     path = os.path.join(exported, "model.tflite")
-    ops = export.tflite_ops(path)
+    ops = serving.tflite_ops(path)
     assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
     assert "VAR_HANDLE" not in ops and "ASSERT" not in ops
     assert {"BATCH_MATMUL", "SQRT", "FULLY_CONNECTED"} <= set(ops)
-    interpreter = export.tflite_interpreter(path)
-    assert sorted(interpreter.get_signature_list()) == sorted(export.TFLITE_SIGNATURES)
+    interpreter = serving.tflite_interpreter(path)
+    assert sorted(interpreter.get_signature_list()) == sorted(serving.TFLITE_SIGNATURES)
     image, mask = batch
     saved = {name: _call_signature(loaded.signatures, name, image, mask)
              for name in ("serving_default", "log_prob")}
@@ -421,7 +423,7 @@ def test_tflite_bad_input_is_flagged_not_silent(exported, batch):
     assert out["log_prob"]["log_prob"][2] == 0.0
     np.testing.assert_array_equal(out["impute"]["imputation"][2], image[2])
     with pytest.raises((ValueError, RuntimeError)):
-        export.run_tflite(path, "impute", image=image[:, :7], mask=mask[:, :7])
+        serving.run_tflite(path, "impute", image=image[:, :7], mask=mask[:, :7])
 
 
 def test_tflite_trace_has_no_assertions_and_restores_the_layer(mlp_model, exported):
@@ -429,7 +431,7 @@ def test_tflite_trace_has_no_assertions_and_restores_the_layer(mlp_model, export
     layer = mlp_model.get_layer("observed_input")
     assert layer.validate
     with pytest.raises(FileExistsError, match="model.tflite already exists"):
-        export.export_tflite(mlp_model, os.path.join(exported, "model.tflite"))
+        serving.export_tflite(mlp_model, os.path.join(exported, "model.tflite"))
 
     def op_types(graph):
         types = {op.type for op in graph.get_operations()}
@@ -437,11 +439,11 @@ def test_tflite_trace_has_no_assertions_and_restores_the_layer(mlp_model, export
             types |= {node.op for node in function.definition.node_def}
         return types
 
-    with_checks = export._tflite_functions(mlp_model, SHAPE)["impute"]
+    with_checks = _tflite_functions(mlp_model, SHAPE)["impute"]
     assert "Assert" in op_types(with_checks.get_concrete_function().graph)
-    with export._assertions_off(mlp_model):
+    with _assertions_off(mlp_model):
         assert not layer.validate
-        without = export._tflite_functions(mlp_model, SHAPE)
+        without = _tflite_functions(mlp_model, SHAPE)
         types = op_types(without["impute"].get_concrete_function().graph)
         types |= op_types(without["log_prob"].get_concrete_function().graph)
     assert layer.validate
@@ -455,28 +457,28 @@ def test_diagonal_gaussian_exports_the_same_way(tmp_path):
     images = np.random.default_rng(0).uniform(size=(32,) + SHAPE).astype(np.float32)
     baseline = DiagonalGaussian.fit(images)
     assert baseline.image_shape == SHAPE
-    path = export.export_saved_model(baseline, str(tmp_path / "baseline"), tflite=True)
+    path = serving.export_saved_model(baseline, str(tmp_path / "baseline"), tflite=True)
     loaded = tf.saved_model.load(path)
     image, mask = _batch(SHAPE, seed=3)
     outputs = {name: _call_signature(loaded.signatures, name, image, mask)
-               for name in export.SERVING_SIGNATURES}
+               for name in serving.SERVING_SIGNATURES}
     expected = _reference(baseline, image, mask)
     _assert_matches(outputs, expected)
     _assert_tflite_matches(_tflite_outputs(os.path.join(path, "model.tflite"), image, mask), outputs)
     with pytest.raises(ValueError, match="image_shape"):
-        export.export_saved_model(lambda inputs, training=False: None, str(tmp_path / "x"))
+        serving.export_saved_model(lambda inputs, training=False: None, str(tmp_path / "x"))
 
 
 @pytest.mark.slow
 def test_mfa_exports_the_same_way(tmp_path):
-    mfa = pytest.importorskip("dmfa_tf.mfa")
+    mfa = pytest.importorskip("dmfa_tf.baselines.mfa")
     images = np.random.default_rng(0).uniform(size=(64,) + SHAPE).astype(np.float32)
     model = mfa.MFA.fit(images, 2, 3, iterations=2, seed=0)
-    path = export.export_saved_model(model, str(tmp_path / "mfa"))
+    path = serving.export_saved_model(model, str(tmp_path / "mfa"))
     loaded = tf.saved_model.load(path)
     image, mask = _batch(SHAPE, seed=4)
     outputs = {name: _call_signature(loaded.signatures, name, image, mask)
-               for name in export.SERVING_SIGNATURES}
+               for name in serving.SERVING_SIGNATURES}
     _assert_matches(outputs, _reference(model, image, mask), atol=1e-4, rtol=1e-4)
 
 
@@ -485,11 +487,11 @@ def test_cli_exports_a_saved_model_folder(mlp_model, tmp_path, capsys):
     folder.mkdir(parents=True)
     mlp_model.save(str(folder / "model.keras"))
     output = tmp_path / "serving" / "digits"
-    assert export.main([f"--model={folder}", f"--output={output}"]) == 0
+    assert serving.main([f"--model={folder}", f"--output={output}"]) == 0
     assert f"Exported SavedModel {output / '1'}" in capsys.readouterr().out
-    assert export.main([f"--model={folder}", f"--output={output}", "--version=1"]) == 2
+    assert serving.main([f"--model={folder}", f"--output={output}", "--version=1"]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert export.main([f"--model={tmp_path / 'nothing'}", f"--output={output}"]) == 2
+    assert serving.main([f"--model={tmp_path / 'nothing'}", f"--output={output}"]) == 2
     assert "No saved model" in capsys.readouterr().err
     assert sorted(os.listdir(output)) == ["1"]
 
@@ -506,7 +508,7 @@ def test_intervals_signature_with_a_recalibration(mlp_model, batch, tmp_path, ca
         [np.linspace(0, 1, 9) ** 1.5, np.sqrt(np.linspace(0, 1, 9))], [bound],
         fitted_on={"mask": "4x4", "split": "val"},
     )
-    path = export.export_saved_model(mlp_model, str(tmp_path / "serving"), recalibration=fitted)
+    path = serving.export_saved_model(mlp_model, str(tmp_path / "serving"), recalibration=fitted)
     loaded = tf.saved_model.load(path)
     flat = flatten_images(image).numpy()
     for level in (0.5, 0.9):
@@ -528,7 +530,7 @@ def test_intervals_signature_with_a_recalibration(mlp_model, batch, tmp_path, ca
     folder.mkdir(parents=True)
     mlp_model.save(str(folder / "model.keras"))
     (folder / recalibration.FILE).write_text(json.dumps(recalibration.file_content([fitted])))
-    assert export.main([f"--model={folder}", f"--output={tmp_path / 'cli'}"]) == 0
+    assert serving.main([f"--model={folder}", f"--output={tmp_path / 'cli'}"]) == 0
     assert "recalibrated by the map fitted on 4x4 holes" in capsys.readouterr().out
     info = json.loads(open(tmp_path / "cli" / "1" / "export.json").read())
     assert info["intervals_recalibration"]["mask"] == "4x4"
@@ -556,10 +558,10 @@ def test_saved_model_cli_runs_every_signature(mlp_model, exported, batch, tmp_pa
         [cli, "show", "--dir", exported, "--all"], capture_output=True, text=True, env=env
     )
     assert show.returncode == 0, show.stderr[-2000:]
-    for name in export.SERVING_SIGNATURES:
+    for name in serving.SERVING_SIGNATURES:
         assert f"signature_def['{name}']" in show.stdout
     expected = _reference(mlp_model, image, mask)
-    for name in export.SERVING_SIGNATURES:
+    for name in serving.SERVING_SIGNATURES:
         outdir = tmp_path / name
         command = [
             cli, "run", "--dir", exported, "--tag_set", "serve", "--signature_def", name,
@@ -594,13 +596,13 @@ def test_fullconv_colour_model_everywhere(tmp_path, mask_channels):
     # model in process to 1e-5 (a bfloat16 model: test_a_mixed_bfloat16_model_...).
     model = dmfa_tf.build_model(shape, "fullconv", components=2, factors=4, width=8,
                                 precision="float32")
-    path = export.export_saved_model(
+    path = serving.export_saved_model(
         model, str(tmp_path / "colour"), tflite=True, quantize=["float16", "dynamic_range"]
     )
     image, mask = _batch(shape, mask_channels=mask_channels)
     loaded = tf.saved_model.load(path)
     outputs = {name: _call_signature(loaded.signatures, name, image, mask)
-               for name in export.SERVING_SIGNATURES}
+               for name in serving.SERVING_SIGNATURES}
     expected = _reference(model, image, mask)
     _assert_matches(outputs, expected)
     report, fresh = _run_fresh_process(path, image, mask, tmp_path)
@@ -609,7 +611,7 @@ def test_fullconv_colour_model_everywhere(tmp_path, mask_channels):
     _assert_tflite_matches(_tflite_outputs(os.path.join(path, "model.tflite"), image, mask), outputs)
     for variant, tolerance in (("float16", 0.05), ("dynamic_range", 0.5)):
         file = os.path.join(path, f"model_{variant}.tflite")
-        assert not [op for op in export.tflite_ops(file) if op.startswith("Flex")]
+        assert not [op for op in serving.tflite_ops(file) if op.startswith("Flex")]
         quantised = _tflite_outputs(file, image, mask)
         error = np.abs(quantised["impute"]["imputation"] - outputs["serving_default"]["imputation"])
         assert error.max() < tolerance, (variant, error.max())
@@ -642,11 +644,11 @@ def test_a_mixed_bfloat16_model_exports_its_float32_function(tmp_path):
     exact = dmfa_tf.build_model(SHAPE, "fullconv", width=4, components=2, factors=2,
                                 precision="float32")
     exact.set_weights(model.get_weights())
-    path = export.export_saved_model(model, str(tmp_path / "bf16"), tflite=True)
+    path = serving.export_saved_model(model, str(tmp_path / "bf16"), tflite=True)
     loaded = tf.saved_model.load(path)
     image, mask = _batch(SHAPE, seed=5)
     outputs = {name: _call_signature(loaded.signatures, name, image, mask)
-               for name in export.SERVING_SIGNATURES}
+               for name in serving.SERVING_SIGNATURES}
     _assert_matches(outputs, _reference(exact, image, mask), atol=1e-4, rtol=1e-4)
     _assert_tflite_matches(_tflite_outputs(os.path.join(path, "model.tflite"), image, mask), outputs)
     assert model.get_layer("enc0_conv0").compute_dtype == "bfloat16"  # the model is untouched

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dmfa_tf.layers import (
+from dmfa_tf.models.layers import (
     ConvMixtureHead,
     DenseMixtureHead,
     ObservedInput,

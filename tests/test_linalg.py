@@ -75,3 +75,37 @@ def test_gradient_of_log_det_matches_inverse():
     inverse = np.linalg.inv(matrix.numpy())
     expected = np.tril(2 * inverse) - np.diag(np.diag(inverse))
     np.testing.assert_allclose(grad, expected, atol=1e-10)
+
+
+def test_whitened_capacitance_solve_matches_dense_woodbury():
+    """`whitened_capacitance` + `capacitance_solve` on the selected block equal
+    dense `Sigma[s, s]^-1` algebra (the distribution and the MFA share them)."""
+    rng = np.random.default_rng(0)
+    size, factors_count = 9, 3
+    factors = rng.normal(size=(2, size, factors_count))
+    diag = rng.uniform(0.1, 1.0, size=(2, size))
+    selected = rng.random((2, size)) < 0.6
+    selected[:, 0] = True
+    residual = rng.normal(size=(2, size))
+    out_diag, weight, whitened, chol = linalg.whitened_capacitance(
+        tf.constant(factors), tf.constant(diag), tf.constant(selected)
+    )
+    latent = linalg.capacitance_solve(
+        chol, whitened, tf.constant(np.where(selected, residual * weight.numpy(), 0.0))
+    ).numpy()
+    for b in range(2):
+        s = selected[b]
+        np.testing.assert_array_equal(out_diag.numpy()[b], np.where(s, diag[b], 1.0))
+        np.testing.assert_array_equal(whitened.numpy()[b][~s], 0.0)
+        a, d, r = factors[b][s], diag[b][s], residual[b][s]
+        sigma = a @ a.T + np.diag(d)
+        capacitance = np.eye(factors_count) + a.T @ (a / d[:, None])
+        np.testing.assert_allclose(chol.numpy()[b] @ chol.numpy()[b].T, capacitance, rtol=1e-12)
+        # u = C^-1 A^T D^-1 r, and |r~ - A~ u|^2 + |u|^2 = r^T Sigma^-1 r
+        u = np.linalg.solve(capacitance, a.T @ (r / d))
+        np.testing.assert_allclose(latent[b], u, rtol=1e-10, atol=1e-12)
+        unexplained = r / np.sqrt(d) - (a / np.sqrt(d)[:, None]) @ latent[b]
+        np.testing.assert_allclose(
+            unexplained @ unexplained + latent[b] @ latent[b], r @ np.linalg.solve(sigma, r),
+            rtol=1e-10,
+        )

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import reference
-from dmfa_tf.losses import MaskedNLL, negative_log_likelihood, squared_error
+from dmfa_tf.models.losses import MaskedNLL, negative_log_likelihood, squared_error
 
 
 def _params_2x2():
@@ -87,9 +87,9 @@ def test_scores_are_zero_when_nothing_is_missing():
     assert negative_log_likelihood(params, tf.constant(image), -mask).numpy()[0] == 0.0
 
 
-# === Training objectives (dmfa_tf.losses.objective_loss) ===
+# === Training objectives (dmfa_tf.models.losses.objective_loss) ===
 
-from dmfa_tf.losses import Objective, objective_loss  # noqa: E402
+from dmfa_tf.models.losses import Objective, objective_loss  # noqa: E402
 
 
 def _random_problem(seed=0, k=2):

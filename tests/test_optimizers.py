@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 import dmfa_tf
-from dmfa_tf import models, optimizers
+from dmfa_tf import models
+from dmfa_tf.models import optimizers
 
 
 def numpy_adam(w, grads, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None):
@@ -117,10 +118,10 @@ def test_auto_jit_compile_follows_the_measured_table_and_the_run_length():
         model.fit(data.repeat(3), epochs=1, verbose=0)
         assert not model.jit_compile and optimizers.is_fused(model.optimizer), architecture
         # ... and a planned long run turns it back on where it pays
-        assert models._planned_steps(data.repeat(), epochs=3, steps_per_epoch=100) == 300
-        assert models._planned_steps(data.repeat()) is None
-        assert models._planned_steps(data.repeat(5), epochs=4, initial_epoch=1) == 15
-        assert models._planned_steps(image, batch_size=3, epochs=2) == 6
+        assert models.dmfa_model._planned_steps(data.repeat(), epochs=3, steps_per_epoch=100) == 300
+        assert models.dmfa_model._planned_steps(data.repeat()) is None
+        assert models.dmfa_model._planned_steps(data.repeat(5), epochs=4, initial_epoch=1) == 15
+        assert models.dmfa_model._planned_steps(image, batch_size=3, epochs=2) == 6
     explicit = dmfa_tf.build_model((6, 6, 1), "mlp")
     explicit.compile("adam", jit_compile=True)
     explicit.fit(data.repeat(2), epochs=1, verbose=0)
@@ -167,7 +168,7 @@ def test_fused_update_under_a_two_replica_mirrored_strategy():
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from dmfa_tf import optimizers
+        from dmfa_tf.models import optimizers
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         assert strategy.num_replicas_in_sync == 2
         rng = np.random.RandomState(0)

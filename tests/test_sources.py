@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dmfa_tf import baselines, datasets, evaluation, sources, training
+from dmfa_tf import baselines, evaluation, training
+from dmfa_tf import data as datasets
+from dmfa_tf.data import cache as data_cache
+from dmfa_tf.data import photos as data_photos
+from dmfa_tf.data import sources
+from dmfa_tf.data import tfds as data_tfds
 
 
 def _photo(path, seed):
@@ -92,7 +97,7 @@ def test_photo_folder_streams_from_a_memory_mapped_cache_or_the_files(photo_fold
         reference = _pil_square(folder / f"{first:06d}.jpg", 32).astype(int)
         assert np.abs(from_cache[0].astype(int) - reference).max() <= 2  # a grey level or two
     # The second load maps the cache file: nothing is decoded again.
-    monkeypatch.setattr(datasets, "_decode_photos", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(data_photos, "_decode_photos", lambda *a, **k: pytest.fail("decoded again"))
     again = datasets.load_sources("celeb_a", str(photo_folder), cache=str(cache), verbose=0)
     np.testing.assert_array_equal(again.test.to_array(), cached.test.to_array())
     assert os.listdir(cache) == [name]
@@ -125,7 +130,7 @@ def test_a_spilled_array_is_mapped_from_a_deleted_file():
         out[:] = np.arange(out.size, dtype=np.uint64).reshape(out.shape) % 251
         return out
 
-    images = datasets._cached({"k": 1}, "test", (3, 4, 4, 3), decode, cache=False, spill=True)
+    images = data_cache._cached({"k": 1}, "test", (3, 4, 4, 3), decode, cache=False, spill=True)
     assert isinstance(images, np.memmap) and not os.path.exists(images.filename)
     np.testing.assert_array_equal(images, decode(np.empty((3, 4, 4, 3), np.uint8)))
 
@@ -180,7 +185,7 @@ def test_scores_from_a_source_equal_those_of_the_float_array():
 
 
 class _FakeTfdsBuilder:
-    """What `datasets._load_tfds` uses of a prepared TFDS celeb_a builder."""
+    """What `dmfa_tf.data.tfds._load_tfds` uses of a prepared TFDS celeb_a builder."""
 
     def __init__(self, folder, photos):
         from types import SimpleNamespace
@@ -206,8 +211,8 @@ def test_tfds_celeb_a_streams_into_a_mapped_array(photo_folder, tmp_path, cache)
               "test": [folder / n for n in names[9:]]}
     builder = _FakeTfdsBuilder(tmp_path, photos)
     where = str(tmp_path / "cache") if cache == "folder" else False
-    found = datasets._load_tfds("celeb_a", builder, 32, "paper", where, 0, stream=True)
-    arrays = datasets._load_tfds("celeb_a", builder, 32, "paper", where, 0)
+    found = data_tfds._load_tfds("celeb_a", builder, 32, "paper", where, 0, stream=True)
+    arrays = data_tfds._load_tfds("celeb_a", builder, 32, "paper", where, 0)
     files = datasets.load_sources("celeb_a", str(photo_folder), cache=False, verbose=0)
     for split in ("train", "val", "test"):
         images = getattr(found, split)

@@ -14,7 +14,10 @@ from scipy import stats
 import evaluate
 import impute
 import train
-from dmfa_tf import tables, tabular, tabular_baselines, tabular_serving
+from dmfa_tf import tabular
+from dmfa_tf.baselines import tabular as tabular_baselines
+from dmfa_tf.data import tables
+from dmfa_tf.serving import tabular as tabular_serving
 from dmfa_tf.config import TrainConfig
 from dmfa_tf.models import build_model
 from tests import reference

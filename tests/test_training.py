@@ -20,15 +20,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _config(tmp_path, **overrides):
     values = dict(
-        dataset="digits",
-        epochs=2,
-        max_train_images=256,
-        max_test_images=64,
         output=str(tmp_path / "saved" / "digits"),
         workdir=str(tmp_path / "runs" / "digits"),
     )
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.preset("tiny", **values)
+
+
+def test_tiny_preset_in_the_api_and_on_the_command_line():
+    import train
+
+    config = TrainConfig.preset("tiny", epochs=1)
+    assert (config.dataset, config.epochs, config.max_train_images, config.max_test_images) == (
+        "digits", 1, 256, 64)
+    parsed, _ = train.parse_args(["--preset=tiny", "--max-test-images=32"])
+    assert (parsed.dataset, parsed.epochs, parsed.max_train_images, parsed.max_test_images) == (
+        "digits", 2, 256, 32)  # the preset fills in the flags left out; given flags win
+    assert train.parse_args([])[0].epochs is None  # no preset: the data set's default later
+    with pytest.raises(ValueError, match="Unknown preset 'huge'; choose one of \\['tiny'\\]"):
+        TrainConfig.preset("huge")
 
 
 def test_run_writes_model_config_and_metrics(tmp_path):
@@ -201,7 +211,7 @@ import keras, numpy as np
 from dmfa_tf.config import TrainConfig
 from dmfa_tf.models import build_model
 from dmfa_tf.training import make_strategy, train_and_evaluate, training_data
-from dmfa_tf import datasets
+from dmfa_tf import data as datasets
 
 out = {}
 images = datasets.load("digits", verbose=0).train[:192]
@@ -253,7 +263,8 @@ def test_mirrored_strategy_on_two_replicas_equals_one_device(tmp_path):
 def test_a_few_hundred_steps_on_real_mnist_lower_the_test_nll(tmp_path, shared_data):
     # 300 steps of batch 64 on real MNIST, 14x14 holes; the same test images and
     # masks scored by the untrained network (same seed, same weights at start).
-    from dmfa_tf import datasets, evaluation
+    from dmfa_tf import data as datasets
+    from dmfa_tf import evaluation
 
     config = _config(
         tmp_path, dataset="mnist", data_dir=os.path.join(shared_data, "mnist"),
@@ -441,7 +452,7 @@ def test_training_on_incomplete_data(tmp_path):
 
 
 def test_npz_nan_only_in_training_images(tmp_path):
-    from dmfa_tf import datasets
+    from dmfa_tf import data as datasets
 
     path, _ = _incomplete_npz(tmp_path)
     data = datasets.load("cifar10", str(path))

@@ -377,12 +377,11 @@ class MaskedFactorMixture(tfd.Distribution):
         # expand_dims, not `[..., None, :]`: TFLite's strided slice has no new
         # axis before a dynamic one.
         scored = tf.expand_dims(self._mask == MISSING, -2)  # [B, 1, N]
-        diag = tf.where(scored, self._diag, tf.ones_like(self._diag))  # [B, K, N]
-        weight = tf.where(scored, tf.math.rsqrt(diag), tf.zeros_like(diag))  # [B, K, N]
-        factors = self._factors * weight[..., None]  # [B, K, N, L]
-        capacitance = tf.linalg.matmul(factors, factors, transpose_a=True)  # [B, K, L, L]
-        capacitance += tf.eye(tf.shape(factors)[-1], dtype=self.dtype)
-        chol = linalg.cholesky(capacitance)  # [B, K, L, L]
+        # diag [B, K, N] (1 where not scored), weight [B, K, N], factors
+        # [B, K, N, L] (whitened), chol [B, K, L, L]
+        diag, weight, factors, chol = linalg.whitened_capacitance(
+            self._factors, self._diag, scored
+        )
         log_det = linalg.cholesky_log_det(chol) + tf.reduce_sum(
             tf.math.log(diag), axis=-1
         )  # [B, K]
@@ -434,10 +433,7 @@ class MaskedFactorMixture(tfd.Distribution):
         scored, weight, factors, chol, _, _ = whitened
         residual = tf.expand_dims(x, -2) - self._loc  # [S, B, K, N]
         residual = tf.where(scored, residual * weight, tf.zeros_like(residual))
-        projected = tf.linalg.matvec(factors, residual, transpose_a=True)  # [S, B, K, L]
-        latent = linalg.solve_upper(
-            chol, linalg.solve_lower(chol, projected[..., None])
-        )[..., 0]  # [S, B, K, L]: C^-1 A~^T r~
+        latent = linalg.capacitance_solve(chol, factors, residual)  # [S, B, K, L]: C^-1 A~^T r~
         unexplained = residual - tf.linalg.matvec(factors, latent)  # [S, B, K, N]
         # Two sums of squares, no cancellation (see the module docstring).
         return tf.reduce_sum(tf.square(unexplained), axis=-1) + tf.reduce_sum(

@@ -21,10 +21,12 @@ import tensorflow as tf
 
 __all__ = [
     "MAX_UNROLLED",
+    "capacitance_solve",
     "cholesky",
     "cholesky_log_det",
     "solve_lower",
     "solve_upper",
+    "whitened_capacitance",
 ]
 
 # Largest matrix size that is factorised with unrolled element-wise ops.
@@ -128,6 +130,53 @@ def solve_upper(chol, rhs):
             value = value - c[k][i][..., None] * x[k]
         x[i] = value / c[i][i][..., None]
     return tf.stack(x, axis=-2)
+
+
+def whitened_capacitance(factors, diag, selected):
+    """Woodbury's capacitance of `Sigma = diag(diag) + factors @ factors^T`
+    restricted to the `selected` coordinates `s`.
+
+    With `W = diag(1/sqrt(diag))` on `s` and 0 elsewhere, the whitened factors
+    `A~ = W factors` and `C = I + A~^T A~` give the inverse and determinant of
+    `Sigma[s, s]` (`capacitance_solve`; `log det Sigma[s, s] = log det C +
+    sum_s log diag`). `MaskedFactorMixture` (`s`: the scored coordinates) and
+    the MFA baseline's conditionals (`s`: the observed ones) share this.
+
+    Args:
+        factors: `[..., N, L]` factor loadings.
+        diag: `[..., N]` variances, > 0 on `s`.
+        selected: `[..., N]` bool, True on `s` (batch shapes broadcast).
+
+    Returns:
+        `(diag, weight, whitened, chol)`: `diag` with 1 outside `s`
+        `[..., N]`, the weights `W` `[..., N]`, `A~` `[..., N, L]` (rows outside
+        `s` zero) and the lower Cholesky factor of `C` `[..., L, L]`.
+    """
+    diag = tf.where(selected, diag, tf.ones_like(diag))
+    weight = tf.where(selected, tf.math.rsqrt(diag), tf.zeros_like(diag))
+    whitened = factors * weight[..., None]
+    capacitance = tf.linalg.matmul(whitened, whitened, transpose_a=True)
+    capacitance += tf.eye(tf.shape(whitened)[-1], dtype=whitened.dtype)
+    return diag, weight, whitened, cholesky(capacitance)
+
+
+def capacitance_solve(chol, whitened, residual):
+    """`u = C^-1 A~^T r~` for `C = chol @ chol^T` and `A~` from
+    `whitened_capacitance`, and a whitened residual `r~ = W (x - loc)`.
+
+    `u` is the posterior mean of the factors given the selected coordinates;
+    `(x - loc)^T Sigma[s, s]^-1 (x - loc) = |r~ - A~ u|^2 + |u|^2`.
+
+    Args:
+        chol: `[..., L, L]` lower Cholesky factor of `C`.
+        whitened: `[..., N, L]` whitened factors `A~`.
+        residual: `[..., N]` whitened residuals `r~` (0 outside `s`).
+
+    Returns:
+        `[..., L]` (batch shapes broadcast).
+    """
+    projected = tf.linalg.matvec(whitened, residual, transpose_a=True)  # [..., L]
+    return solve_upper(chol, solve_lower(chol, projected[..., None]))[..., 0]
 
 
 def _broadcast_batch(chol, rhs):

@@ -27,10 +27,11 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import export
 from dmfa_tf import files as files_lib
 from dmfa_tf.core.distribution import MaskedFactorMixture, checked_sample_count, flatten_images
 from dmfa_tf.models import float32_copy
+from dmfa_tf.serving.saved_model import _check_version, _publish
+from dmfa_tf.serving.signatures import _module, _parameters
 
 __all__ = ["ROW_SIGNATURES", "export_rows"]
 
@@ -60,7 +61,7 @@ def _row_functions(model, mean, scale):
             std = (rows - mean) / scale
         visible = tf.where(mask == 1.0, std, tf.zeros_like(std))[:, None, :, None]
         mask4 = mask[:, None, :, None]
-        params = export._parameters(model, visible, mask4)
+        params = _parameters(model, visible, mask4)
         return params, MaskedFactorMixture.from_images(params, mask4, visible), std
 
     def nan_mask(rows):
@@ -109,8 +110,8 @@ def export_rows(model, path, version=None):
     (module docstring). Returns the version folder."""
     network = float32_copy(model.model)
     if version is not None:
-        version = export._check_version(version)
-        export._publish(None, path, version)  # fails now if it exists
+        version = _check_version(version)
+        _publish(None, path, version)  # fails now if it exists
     os.makedirs(path, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".partial-", dir=path)
     os.chmod(staging, 0o777 & ~files_lib.umask())
@@ -120,7 +121,7 @@ def export_rows(model, path, version=None):
             np.asarray(model.standardizer.scale, np.float32),
         )
         signatures = {name: fn.get_concrete_function() for name, fn in functions.items()}
-        tf.saved_model.save(export._module(network, functions), staging, signatures=signatures)
+        tf.saved_model.save(_module(network, functions), staging, signatures=signatures)
         info = {
             "model": "TabularModel",
             "columns": model.columns,
@@ -132,6 +133,6 @@ def export_rows(model, path, version=None):
         with open(os.path.join(staging, "export.json"), "w") as f:
             json.dump(info, f, indent=2)
             f.write("\n")
-        return export._publish(staging, path, version)
+        return _publish(staging, path, version)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -20,7 +20,7 @@ with `v ~ U(0, 1)`: a continuous variable whose density is the probability of
   values, as in the paper.
 
 `quantization_step(images)` finds `q`: `1/255` for 8-bit data (MNIST,
-Fashion-MNIST, and CelebA as `dmfa_tf.datasets` loads it: resized, then rounded
+Fashion-MNIST, and CelebA as `dmfa_tf.data.load` loads it: resized, then rounded
 to 8 bits), 0 (nothing to do) for anything else, such as float arrays of an
 `.npz` file.
 """
@@ -28,7 +28,7 @@ to 8 bits), 0 (nothing to do) for anything else, such as float arrays of an
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf import sources
+from dmfa_tf.data import sources
 
 __all__ = ["LEVELS", "dequantize_targets", "jitter", "jitter_rows", "quantization_step"]
 

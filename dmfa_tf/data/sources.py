@@ -5,7 +5,7 @@ split is ever held in memory:
 
 - `ArraySource` wraps an array: in memory (the small data sets, `.npz`
   files) or **memory-mapped** (the uint8 cache of decoded photos that
-  `dmfa_tf.datasets.load_sources` writes). Batches of indices are gathered with
+  `dmfa_tf.data.load_sources` writes). Batches of indices are gathered with
   one `tf.numpy_function` call each, so the array is not copied into the graph.
 - `PhotoSource` reads, decodes, crops and resizes photo files when they are
   read: memory does not grow with the number of photos.
@@ -85,7 +85,7 @@ class ImageSource:
         return self.read(data).map(lambda element: element["image"])
 
     def to_float_array(self, verbose=0):
-        """All the images as float32 in [0, 1] (the in-memory form `datasets.load`
+        """All the images as float32 in [0, 1] (the in-memory form `dmfa_tf.data.load`
         returns)."""
         array = self.to_array(verbose)
         if array.dtype == np.uint8:
@@ -183,7 +183,7 @@ def decode_photo(contents):
 
 def square_photo(image, image_size, crop):
     """A uint8 photo `[h, w, 3]` to a uint8 `[S, S, 3]` image (the crops of
-    `dmfa_tf.datasets`: `"paper"` or `"aspect"`), rounded to 8 bits."""
+    `dmfa_tf.data.photos`: `"paper"` or `"aspect"`), rounded to 8 bits."""
     size = int(image_size)
     if crop == "paper":
         resized = round(PAPER_RESIZE_RATIO * size)
