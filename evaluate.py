@@ -17,7 +17,6 @@ and, with several models, a markdown table. The README lists the flags.
 
 import argparse
 import os
-import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -90,267 +89,26 @@ def parse_args(argv=None):
     return args
 
 
-def _slug(text):
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
-
-
-def _is_table_model(path):
-    return bool(path) and os.path.isfile(os.path.join(path, "table.json"))
-
-
-def evaluate_table(args):
-    """A table model (`dmfa_tf.tabular`): NLL per held-out cell, RMSE and MAE in
-    the table's units, interval coverage; `--compare` baselines from
-    `dmfa_tf.baselines.tabular` (mean, knn, iterative, gaussian)."""
-    import numpy as np
-
-    from dmfa_tf import evaluation, tabular
-    from dmfa_tf.baselines import tabular as tabular_baselines
-    from dmfa_tf.data import tables
-    from dmfa_tf.config import TrainConfig
-
-    for name in args.compare:
-        if name not in tabular_baselines.TABLE_BASELINES:
-            raise ValueError(
-                f"--compare {name}: a table model compares with "
-                f"{sorted(tabular_baselines.TABLE_BASELINES)}."
-            )
-    for flag in ("hole", "image_size", "crop", "mosaic", "mosaic_baseline"):
-        if getattr(args, flag):
-            raise ValueError(f"--{flag.replace('_', '-')} applies to images, not to table models.")
-    model = tabular.TabularModel.load(args.model)
-    with open(os.path.join(args.model, "config.json")) as f:
-        config = TrainConfig.from_json(f.read())
-    dataset = args.dataset or config.dataset
-    table = tables.load_table(dataset, args.data_dir or config.data_dir)
-    if table.columns != model.columns:
-        raise ValueError(
-            f"The data's columns {table.columns} are not the model's {model.columns}."
-        )
-    train, val, test = tabular.split_for(config, table)
-    rows = test if args.split == "test" else val
-    fitted = np.concatenate([train, val]) if args.split == "test" else train
-    rows = rows[: args.limit]
-    if not len(rows):
-        raise ValueError(f"The {args.split} split of this model's data has no rows.")
-    mask_spec = args.mask or config.test_mask
-    rate = tabular.mcar_rate(mask_spec)
-    results = tabular.evaluate_table(model, table, fitted, rows, rate, args.seed, compare=args.compare)
-    title = (f"{len(rows)} {dataset} {args.split} rows x {tabular.TEST_REPEATS} masks {mask_spec} "
-             f"(seed {args.seed}); NLL in nats per missing cell (standardised units), RMSE and "
-             "MAE in the table's units")
-    text = tabular.format_table_results(results)
-    output = args.output or os.path.join(
-        "results", _slug(f"{os.path.basename(os.path.normpath(args.model))}-{dataset}-"
-                         f"{mask_spec}-seed{args.seed}"))
-    os.makedirs(output, exist_ok=True)
-    evaluation.write_json(os.path.join(output, "summary.json"), {
-        "dataset": dataset, "split": args.split, "rows": len(rows), "mask": mask_spec,
-        "repeats": tabular.TEST_REPEATS, "seed": args.seed, "results": results,
-    })
-    evaluation.write_text(os.path.join(output, "comparison.md"), f"{title}\n\n{text}\n")
-    print(title)
-    print(text)
-    print(f"Wrote {output}/ (summary.json, comparison.md)")
-    return results
-
-
 def evaluate(args):
-    import platform
+    """Runs what the flags ask for through `dmfa_tf.comparison`."""
+    from dmfa_tf import comparison
 
-    if _is_table_model(args.model):
-        return evaluate_table(args)
-
-    from dmfa_tf import data as datasets
-    from dmfa_tf import evaluation, masks, saving, training
-    from dmfa_tf.core import recalibration
-
-    specs = [evaluation.parse_model_spec(t) for t in ([args.model] if args.model else []) + args.compare]
-    mosaic_spec = evaluation.parse_model_spec(args.mosaic_baseline) if args.mosaic_baseline else None
-    for spec in specs + ([mosaic_spec] if mosaic_spec else []):
-        spec.check()  # a bad name fails before anything is loaded
-    # Training images are read only for the baselines fitted to them.
-    needs_train = any(s.is_baseline for s in specs + ([mosaic_spec] if mosaic_spec else []))
-    config = next(
-        (c for c in (saving.load_config(s.path) for s in specs if not s.is_baseline) if c), {}
-    )
-    dataset = args.dataset or config.get("dataset")
-    if not dataset:
-        raise ValueError("No --dataset given and the model has no config.json naming one.")
-    data_dir = args.data_dir or (config.get("data_dir") if config.get("dataset") == dataset else None)
-    image_size = args.image_size or (config.get("image_size") if config.get("dataset") == dataset else None)
-    crop = args.crop or config.get("crop") or "paper"
-    mask_spec = args.mask or args.hole or config.get("test_mask") or config.get("mask")
-    if not mask_spec:
-        raise ValueError("No --hole or --mask given and the model's config.json names no test mask.")
-    generator = masks.parse(mask_spec)
-
-    verbose = 0 if args.quiet else 1
-    splits = (args.split,) + (("train",) if needs_train else ())
-    # The scored split streams from its source (a memory-mapped cache, photo
-    # files or a small array); training images are loaded only for baselines.
-    data = datasets.load_sources(
-        dataset, data_dir, image_size=image_size, crop=crop, verbose=verbose, splits=splits
-    )
-    images = data.test if args.split == "test" else data.val
-    labels = data.test_labels if args.split == "test" else data.val_labels
-    images = images.take(args.limit)
-    labels = None if labels is None else labels[: args.limit]
-    generator(images.shape[1], images.shape[2], seed=[0, 0])  # a hole that does not fit fails here
-    train_arrays = {}
-
-    def train_images():  # float32 arrays, read once, only if a baseline needs them
-        if "train" not in train_arrays:
-            train_arrays["train"] = data.train.to_float_array(verbose) if data.train else None
-        return train_arrays["train"]
-
-    output = args.output or os.path.join(
-        "results",
-        f"{_slug(specs[0].label)}-{dataset}-{_slug(generator.spec())}-seed{args.seed}",
-    )
-    if args.fit_recalibration:
-        return fit_recalibration(args, specs[0], images, generator, dataset, verbose)
-    rows, summary, loaded = [], {}, {}
-    for spec in specs:
-        if spec.is_baseline and spec.path == "diagonal":
-            fit_on = data.train  # fitted batch by batch from the source
-        else:
-            fit_on = train_images() if spec.is_baseline else None
-        model = spec.load(train_images=fit_on, dataset=dataset)
-        loaded[spec.label] = model
-        if verbose:
-            print(f"Scoring {spec.label} on {len(images):,} {dataset} {args.split} images, "
-                  f"masks {generator.spec()} (seed {args.seed})")
-        # Each model's masks are made in its pipeline, image i's seeded
-        # (seed, i): every model is scored on the same masks.
-        fitted = None if spec.is_baseline else recalibration.load(spec.path, generator.spec())
-        scores, seconds = evaluation.timed_score(
-            model, images, generator, args.seed, args.batch_size, verbose,
-            dequantize="auto" if args.dequantize == "auto" else 0.0, recalibration=fitted,
+    if comparison.is_table_model(args.model):
+        for flag in ("hole", "image_size", "crop", "mosaic", "mosaic_baseline"):
+            if getattr(args, flag):
+                raise ValueError(f"--{flag.replace('_', '-')} applies to images, not to table models.")
+        return comparison.evaluate_table_model(
+            args.model, compare=args.compare, dataset=args.dataset, data_dir=args.data_dir,
+            mask=args.mask, split=args.split, seed=args.seed, limit=args.limit, output=args.output,
         )
-        name = "per_image.csv" if len(specs) == 1 else f"per_image_{_slug(spec.label)}.csv"
-        evaluation.write_csv(os.path.join(output, name), scores, labels)
-        metrics = {key: evaluation.summarize(scores[key]) for key in evaluation.METRICS}
-        metrics["calibration"] = evaluation.calibration(scores)
-        if fitted is not None and metrics["calibration"] and "recalibrated" in metrics["calibration"]:
-            metrics["calibration"]["recalibrated"]["map_mask"] = fitted.fitted_on.get("mask")
-            fitted_step = fitted.fitted_on.get("dequantization_step")
-            step = metrics["calibration"].get("dequantization_step")
-            if fitted_step is not None and step is not None and abs(fitted_step - step) > 1e-12:
-                print(f"evaluate.py: warning: {spec.label}'s recalibration map was fitted at "
-                      f"dequantization step {fitted_step:.6g}, and these values are measured at "
-                      f"{step:.6g} (--dequantize): its recalibrated coverage does not apply.",
-                      file=sys.stderr)
-        rows.append((spec.label, metrics))
-        summary[spec.label] = {
-            "model": spec.path,
-            "conditional": spec.conditional,
-            "per_image_csv": name,
-            "seconds": round(seconds, 2),
-            "images_per_second": round(len(images) / seconds, 1),
-            **metrics,
-        }
-        if fitted is not None:
-            summary[spec.label]["recalibration"] = fitted.fitted_on
-
-    table = evaluation.comparison_table(rows)
-    result = {
-        "dataset": dataset,
-        "split": args.split,
-        "images": int(len(images)),
-        "mask": generator.spec(),
-        "seed": args.seed,
-        "models": summary,
-        "hardware": training.hardware_description(),
-        "python": platform.python_version(),
-        "command": " ".join(["python", "evaluate.py"] + sys.argv[1:]),
-    }
-    evaluation.write_json(os.path.join(output, "summary.json"), result)
-    if len(specs) > 1:
-        header = (
-            f"{len(images):,} {dataset} {args.split} images, masks {generator.spec()} "
-            f"(seed {args.seed}); per image, summed over the missing pixels; calibration "
-            "pooled over all missing pixels\n\n"
-        )
-        evaluation.write_text(os.path.join(output, "comparison.md"), header + table + "\n")
-
-    if args.mosaic:
-        from dmfa_tf import visualization
-
-        count = min(args.mosaic_images, len(images))
-        first = images.take(count).to_float_array()
-        baseline_label = None
-        if mosaic_spec:
-            key = (mosaic_spec.path, mosaic_spec.conditional, mosaic_spec.option)
-            scored = [s for s in specs if (s.path, s.conditional, s.option) == key]
-            if scored:  # already loaded (and fitted) for scoring
-                baseline = loaded[scored[0].label]
-            else:
-                baseline = mosaic_spec.load(train_images=train_images(), dataset=dataset)
-            baseline_label = mosaic_spec.label
-        elif len(specs) > 1:
-            baseline_label = specs[1].label
-            baseline = loaded[baseline_label]
-        else:
-            baseline = None
-        visualization.mosaic(
-            args.mosaic,
-            loaded[specs[0].label],
-            first,
-            evaluation.seeded_masks(first, generator, args.seed),
-            baseline=baseline,
-            baseline_label=baseline_label or "baseline",
-        )
-
-    print()
-    print(f"{len(images):,} {dataset} {args.split} images, masks {generator.spec()} (seed {args.seed}); "
-          "per image, summed over the missing pixels, lower is better for NLL and MSE; "
-          "calibration pooled over all missing pixels")
-    print(table)
-    for label, info in summary.items():
-        print(f"  {label}: {info['seconds']:.1f} s, {info['images_per_second']:.0f} images/s")
-    print(f"Wrote {output}/ (summary.json, per-image CSV{', comparison.md' if len(specs) > 1 else ''})"
-          + (f" and {args.mosaic}" if args.mosaic else ""))
-    return result
-
-
-def fit_recalibration(args, spec, images, generator, dataset, verbose):
-    """`--fit-recalibration`: the PIT histogram of the split's missing pixels
-    (at the values `--dequantize` says) becomes the model folder's
-    `recalibration.json` (`dmfa_tf.core.recalibration`)."""
-    from dmfa_tf import evaluation
-    from dmfa_tf.core import recalibration
-
-    if spec.is_baseline or not os.path.isfile(os.path.join(spec.path, "model.keras")):
-        raise ValueError(
-            f"--fit-recalibration needs a DMFA model folder (with model.keras) to write "
-            f"into; {spec.path!r} is not one."
-        )
-    model = spec.load(dataset=dataset)
-    if verbose:
-        print(f"Fitting the interval recalibration of {spec.label} on {len(images):,} {dataset} "
-              f"{args.split} images, masks {generator.spec()} (seed {args.seed})")
-    scores, seconds = evaluation.timed_score(
-        model, images, generator, args.seed, args.batch_size, verbose,
-        dequantize="auto" if args.dequantize == "auto" else 0.0,
-        pit_histogram_bins=recalibration.BINS,
+    return comparison.evaluate_images(
+        ([args.model] if args.model else []) + args.compare,
+        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size, crop=args.crop,
+        mask=args.mask or args.hole, split=args.split, seed=args.seed, batch_size=args.batch_size,
+        limit=args.limit, dequantize=args.dequantize, output=args.output, mosaic=args.mosaic,
+        mosaic_images=args.mosaic_images, mosaic_baseline=args.mosaic_baseline,
+        verbose=0 if args.quiet else 1, fit_recalibration=args.fit_recalibration,
     )
-    before = evaluation.calibration(scores)
-    fitted = recalibration.Recalibration.from_counts(scores["pit_histogram"], {
-        "dataset": dataset, "split": args.split, "images": int(len(images)),
-        "mask": generator.spec(), "seed": args.seed,
-        "dequantization_step": before["dequantization_step"],
-    })
-    path = os.path.join(spec.path, recalibration.FILE)
-    maps = recalibration.with_map(spec.path, fitted)
-    evaluation.write_json(path, recalibration.file_content(maps))
-    print(f"{spec.label} on {fitted.fitted_on['pixels']:,} missing pixels of {len(images):,} "
-          f"{dataset} {args.split} images: raw coverage {100 * before['coverage_50']:.1f}% (50%), "
-          f"{100 * before['coverage_90']:.1f}% (90%); {fitted.groups} group(s) of pixels by "
-          f"predictive sd (bounds {', '.join(f'{b:.3g}' for b in fitted.sd_bounds) or 'none'}), "
-          f"each with its own map ({seconds:.1f} s)")
-    print(f"Wrote {path} (maps for masks {', '.join(m.fitted_on.get('mask', '?') for m in maps)})")
-    return {"calibration": before, "recalibration": fitted.to_dict()}
 
 
 def main(argv=None):

@@ -182,7 +182,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write every run and the summary here")
     args = parser.parse_args(argv)
     report = {"protocol": args.protocol, "flags": args.flags, "datasets": {}}
-    from dmfa_tf.training import hardware_description
+    from dmfa_tf.reporting import hardware_description
 
     print(f"{args.protocol} protocol, seeds {args.seeds}, flags {args.flags}, on "
           f"{hardware_description()}", flush=True)

@@ -2,17 +2,7 @@
 
 import warnings
 
-from dmfa_tf.baselines.mfa import (  # noqa: F401
-    CONDITIONALS,
-    FILENAME,
-    INITS,
-    KMEANS_ITERATIONS,
-    MFA,
-    MIN_RESPONSIBILITY,
-    NOISE_TYPES,
-    RANDOM_FACTOR_SCALE,
-    WEIGHT_FLOOR,
-)
+from dmfa_tf.baselines import mfa as _moved
 
 warnings.warn(
     "dmfa_tf.mfa moved to dmfa_tf.baselines.mfa; import from there.",
@@ -20,14 +10,10 @@ warnings.warn(
     stacklevel=2,
 )
 
-__all__ = [
-    "CONDITIONALS",
-    "FILENAME",
-    "INITS",
-    "KMEANS_ITERATIONS",
-    "MFA",
-    "MIN_RESPONSIBILITY",
-    "NOISE_TYPES",
-    "RANDOM_FACTOR_SCALE",
-    "WEIGHT_FLOOR",
-]
+__all__ = list(_moved.__all__)
+
+
+def __getattr__(name):
+    if name in __all__:
+        return getattr(_moved, name)
+    raise AttributeError(f"module 'dmfa_tf.mfa' has no attribute {name!r}")

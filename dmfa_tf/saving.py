@@ -55,11 +55,12 @@ def load_config(path):
 
 
 def _load_keras(path):
+    import importlib
     import zipfile
 
     import keras
 
-    import dmfa_tf.models  # noqa: F401  (registers the custom layers and model)
+    importlib.import_module("dmfa_tf.models")  # registers the custom layers and model
 
     # Keras reports any unreadable file as "File not found"; name the real problem.
     if not zipfile.is_zipfile(path):

@@ -24,9 +24,7 @@ standardised with the training rows' column means and standard deviations
 
 import json
 import os
-import platform
 import shutil
-import sys
 import time
 
 import keras
@@ -35,11 +33,11 @@ import tensorflow as tf
 
 from dmfa_tf import masks as masks_lib
 from dmfa_tf.data import tables
-from dmfa_tf import training
+from dmfa_tf import reporting, training
 from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images
 from dmfa_tf.core.recalibration import marginal_cdf
-from dmfa_tf.models import build_model, width_kwargs
 from dmfa_tf.data.tables import Standardizer
+from dmfa_tf.core.checks import MISSING, OBSERVED
 
 __all__ = [
     "MIN_STEPS_PER_EPOCH", "TEST_REPEATS", "VALIDATION_REPEATS", "TabularModel", "evaluate_table",
@@ -148,7 +146,7 @@ class TabularModel:
             raise ValueError(f"`mask` must have the rows' shape {rows.shape}. Received {mask.shape}.")
         if not np.isin(mask, (1.0, 0.0, -1.0)).all():
             raise ValueError("`mask` must hold only 1 (observed), 0 (missing) and -1 (absent).")
-        if np.isnan(rows[mask == 1]).any():
+        if np.isnan(rows[mask == OBSERVED]).any():
             raise ValueError("Cells marked observed (mask 1) are NaN.")
         return mask
 
@@ -159,7 +157,7 @@ class TabularModel:
         mask = self._mask(rows, mask)
         std = self.standardizer.transform(rows)
         # What the network sees: observed cells only (absent / missing zeroed).
-        visible = np.where(mask == 1, std, 0.0).astype(np.float32)
+        visible = np.where(mask == OBSERVED, std, 0.0).astype(np.float32)
         outputs = []
         for start in range(0, len(rows), _BATCH):
             stop = start + _BATCH
@@ -187,7 +185,7 @@ class TabularModel:
         """
         params, std, mask = self.parameters(rows, mask)
         mean, sd, weights = _mixture_moments(params)
-        known = mask == 1
+        known = mask == OBSERVED
         imputation = np.where(known, std, mean)
         return {
             "imputation": self.standardizer.inverse(imputation),
@@ -212,10 +210,10 @@ class TabularModel:
         given those with mask 1; `rows` must hold the missing cells' values."""
         rows = self._rows(rows)
         mask = self._mask(rows, mask)
-        if np.isnan(rows[mask == 0]).any():
+        if np.isnan(rows[mask == MISSING]).any():
             raise ValueError("log_prob needs values at the scored cells (mask 0); some are NaN.")
         params, std, mask = self.parameters(rows, mask)
-        return _log_prob(params, std, mask) - (mask == 0) @ np.log(self.standardizer.scale)
+        return _log_prob(params, std, mask) - (mask == MISSING) @ np.log(self.standardizer.scale)
 
 
 def _mixture_moments(params):
@@ -283,7 +281,7 @@ def score_predictions(prediction, std, mask, scale):
         `rmse_std` (standardised), `nll_per_cell` (nats per scored cell,
         standardised units), `coverage_50`, `coverage_90`, `cells`.
     """
-    scored = mask == 0
+    scored = mask == MISSING
     cells = int(scored.sum())
     error = (prediction["mean"] - std) * scale
     result = {
@@ -323,7 +321,7 @@ def evaluate_table(model, table, train_rows, test_rows, rate, seed, compare=(),
     test_values = table.values[test_rows]
     mask = row_masks(test_values, rate, seed, repeats)
     std = standardizer.transform(np.tile(test_values, (repeats, 1)))
-    scored = (mask == 0).any(axis=1)
+    scored = (mask == MISSING).any(axis=1)
     std, mask = std[scored], mask[scored]
     if not len(std):
         raise ValueError("The test masks leave no cell missing: nothing to score.")
@@ -403,18 +401,8 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
     rate = mcar_rate(config.mask)
     training.check_resume(config)
     width = table.values.shape[1]
-    model = build_model(
-        (1, width, 1),
-        architecture=config.architecture,
-        components=config.components,
-        factors=config.factors,
-        factor_amplitude=config.factor_amplitude,
-        factor_activation=config.factor_activation,
-        variance_floor=config.variance_floor,
-        variance_activation=config.variance_activation,
-        precision=config.precision,
-        bounded_inputs=False,
-        **width_kwargs(config.architecture, config.width, config.dropout),
+    model = training.build_from_config(
+        config, (1, width, 1), bounded_inputs=False, dropout=config.dropout
     )
     model.objective = config.objective
     training.check_free_space(config, model.count_params())
@@ -428,7 +416,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             f"{100 * table.missing_share:.1f}% of all cells missing in the data), masks "
             f"{generator.spec()}; {len(val_rows)} validation and {len(test_rows)} test rows; "
             f"{config.epochs} epochs of {steps} steps, batch {config.batch_size}, on "
-            f"{training.hardware_description()}."
+            f"{reporting.hardware_description()}."
         )
 
     def events(rows):  # [n, 1, D, 1] standardised, NaN where missing in the data
@@ -478,22 +466,11 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         "test_mask": generator.spec(),
         "test_repeats": TEST_REPEATS,
         "eval_seed": config.eval_seed,
-        "model": {
-            "architecture": config.architecture,
-            "components": config.components,
-            "factors": config.factors,
-            "variance_floor": model.head.variance_floor,
-            "weights": int(model.count_params()),
-            "objective": config.objective,
-        },
+        "model": training.model_record(config, model),
         "selection": selection,
         "scores": scores,
         "train_seconds": round(train_seconds, 1),
-        "total_seconds": round(time.time() - started, 1),
-        "hardware": training.hardware_description(),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                     "python": platform.python_version()},
-        "command": command or " ".join(sys.argv),
+        **reporting.run_record(started, command),
     }
     tabular.save(config.output, {"config.json": config.to_json(), "metrics.json": metrics})
     if verbose:

@@ -146,7 +146,7 @@ def test_the_backup_is_kept_until_the_outputs_are_written(tmp_path, monkeypatch)
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(training, "write_outputs", disk_full)
+    monkeypatch.setattr(training.outputs, "write_outputs", disk_full)
     with pytest.raises(OSError, match="No space"):
         train_and_evaluate(config, verbose=0)
     assert (tmp_path / "runs" / "digits" / "backup" / "latest").exists()
@@ -391,7 +391,7 @@ def test_a_full_disk_is_found_before_training(tmp_path, monkeypatch):
     from dmfa_tf import training
 
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(training.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 2**20))
+    monkeypatch.setattr(training.outputs.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 2**20))
     with pytest.raises(ValueError, match=r"--workdir .*: 1 MiB free on its file system, and the run writes up to"):
         train_and_evaluate(_config(tmp_path), verbose=0)
     assert not (tmp_path / "runs" / "digits" / "log.csv").exists()  # no epoch ran

@@ -23,6 +23,8 @@ from scipy import linalg
 from sklearn.exceptions import ConvergenceWarning
 from scipy.special import ndtr
 
+from dmfa_tf.core.checks import MISSING, OBSERVED
+
 __all__ = ["TABLE_BASELINES", "make"]
 
 _HALF_LOG_TWO_PI = 0.5 * np.log(2.0 * np.pi)
@@ -36,7 +38,7 @@ class _Mean:
         self.var = np.nanvar(train, axis=0) + regularization
 
     def predict(self, std, mask):
-        scored = mask == 0
+        scored = mask == MISSING
         z = (np.where(np.isfinite(std), std, 0.0) - self.mean) / np.sqrt(self.var)
         log_prob = np.where(scored, -0.5 * z**2 - 0.5 * np.log(self.var) - _HALF_LOG_TWO_PI, 0.0)
         return {
@@ -48,7 +50,7 @@ class _Mean:
 
 def _hidden(std, mask):
     """The test rows as the imputers see them: NaN wherever mask != 1."""
-    return np.where(mask == 1, std, np.nan)
+    return np.where(mask == OBSERVED, std, np.nan)
 
 
 class _SklearnImputer:

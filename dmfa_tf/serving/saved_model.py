@@ -132,18 +132,20 @@ def export_saved_model(
             "tflite": files,
             "tensorflow": tf.__version__,
         }
-        with open(os.path.join(staging, "export.json"), "w") as f:
-            json.dump(info, f, indent=2)
-            f.write("\n")
-        return _publish(staging, path, version)
+        return _publish(staging, path, version, info)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _publish(staging, path, version):
-    """Renames the finished `staging` folder to `<path>/<version>`, never over an
-    existing one; with no `version`, takes the next free one. With `staging`
-    None, only checks that `version` is free."""
+def _publish(staging, path, version, info=None):
+    """Writes `info` as the finished `staging` folder's `export.json`, then
+    renames the folder to `<path>/<version>`, never over an existing one; with
+    no `version`, takes the next free one. With `staging` None, only checks
+    that `version` is free."""
+    if staging is not None and info is not None:
+        with open(os.path.join(staging, "export.json"), "w") as f:
+            json.dump(info, f, indent=2)
+            f.write("\n")
     for _ in range(100):
         chosen = next_version(path) if version is None else version
         target = os.path.join(path, str(chosen))

@@ -19,7 +19,6 @@ observed or scored, or rows of another width stop a call with an
 `InvalidArgumentError` naming the problem.
 """
 
-import json
 import os
 import shutil
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from dmfa_tf import files as files_lib
+from dmfa_tf.core.checks import MISSING, OBSERVED, valid_codes
 from dmfa_tf.core.distribution import MaskedFactorMixture, checked_sample_count, flatten_images
 from dmfa_tf.models import float32_copy
 from dmfa_tf.serving.saved_model import _check_version, _publish
@@ -53,13 +53,13 @@ def _row_functions(model, mean, scale):
                 ["dmfa_tf: `rows` hold infinite values; use NaN for a missing cell."],
             ),
             tf.debugging.Assert(
-                tf.reduce_all((mask == 1.0) | (mask == 0.0) | (mask == -1.0)),
+                tf.reduce_all(valid_codes(mask)),
                 ["dmfa_tf: `mask` must hold only 1 (observed), 0 (scored) and -1 (absent)."],
             ),
         ]
         with tf.control_dependencies(checks):
             std = (rows - mean) / scale
-        visible = tf.where(mask == 1.0, std, tf.zeros_like(std))[:, None, :, None]
+        visible = tf.where(mask == OBSERVED, std, tf.zeros_like(std))[:, None, :, None]
         mask4 = mask[:, None, :, None]
         params = _parameters(model, visible, mask4)
         return params, MaskedFactorMixture.from_images(params, mask4, visible), std
@@ -71,7 +71,7 @@ def _row_functions(model, mean, scale):
     def serving_default(rows):
         mask = nan_mask(rows)
         params, dist, _ = mixture(rows, mask)
-        known = mask == 1.0
+        known = mask == OBSERVED
         return {
             "imputation": tf.where(known, rows, dist.mean() * scale + mean),
             "sd": tf.sqrt(dist.variance()) * scale,
@@ -89,7 +89,7 @@ def _row_functions(model, mean, scale):
         )]):
             _, dist, std = mixture(rows, mask)
         values = tf.where(mask >= 0.0, std, tf.zeros_like(std))
-        jacobian = tf.reduce_sum(tf.where(mask == 0.0, log_scale, 0.0), axis=-1)
+        jacobian = tf.reduce_sum(tf.where(mask == MISSING, log_scale, 0.0), axis=-1)
         return {"log_prob": dist.log_prob(flatten_images(values[:, None, :, None])) - jacobian}
 
     @tf.function(input_signature=[
@@ -130,9 +130,6 @@ def export_rows(model, path, version=None):
             "signatures": list(ROW_SIGNATURES),
             "tensorflow": tf.__version__,
         }
-        with open(os.path.join(staging, "export.json"), "w") as f:
-            json.dump(info, f, indent=2)
-            f.write("\n")
-        return _publish(staging, path, version)
+        return _publish(staging, path, version, info)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -26,14 +26,8 @@ with the observed coordinates scored.
 import tensorflow as tf
 
 from dmfa_tf.core import linalg
-from dmfa_tf.core.distribution import (
-    ABSENT,
-    MISSING,
-    OBSERVED,
-    MaskedFactorMixture,
-    flatten_images,
-    flatten_mask,
-)
+from dmfa_tf.core.checks import ABSENT, MISSING, OBSERVED
+from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images, flatten_mask
 
 
 def _mixture_conditional(const, image, mask, conditional):
