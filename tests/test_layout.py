@@ -135,6 +135,11 @@ def test_a_backbone_is_one_file_plus_one_registry_line():
     from dmfa_tf import models
 
     assert set(models.ARCHITECTURES) == set(models.CPU_XLA) == set(models.CPU_BF16) == set(files)
+    # a model knows which backbone it was built with, for jit_compile="auto"
+    for name in files:
+        shape = (1, 5, 1) if name == "tabular" else (8, 8, 1)
+        model = models.build_model(shape, name, precision="float32", bounded_inputs=name != "tabular")
+        assert models.architecture_of(model) == name
 
 
 def test_the_public_api_still_imports():

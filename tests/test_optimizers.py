@@ -99,6 +99,8 @@ def test_auto_jit_compile_follows_the_measured_table_and_the_run_length():
     for architecture, shape in (("mlp", (6, 6, 1)), ("fullconv", (8, 8, 1)), ("linear_heads", (6, 6, 1))):
         model = dmfa_tf.build_model(shape, architecture, precision="float32")
         assert models.architecture_of(model) == architecture
+        renamed = dmfa_tf.build_model(shape, architecture, precision="float32", name="mine")
+        assert models.architecture_of(renamed) == architecture  # read from the layers
         model.compile("adam")
         xla = models.CPU_XLA[architecture]
         # The default precision ("auto") computes in bfloat16 where the CPU has

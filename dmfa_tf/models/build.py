@@ -29,7 +29,8 @@ def build_model(
 
     Args:
         image_shape: `(H, W, C)`.
-        architecture: `"linear_heads"`, `"fullconv"` or `"mlp"` (module docstring).
+        architecture: a backbone of `dmfa_tf.models.backbones.BACKBONES`:
+            `"fullconv"`, `"linear_heads"`, `"mlp"` or `"tabular"`.
         components: K, mixture components.
         factors: L, factors per component.
         factor_amplitude: `a` in `A = a * sigmoid(z) - a / 2`; None for the

@@ -9,7 +9,7 @@ README "Speed").
 import keras
 import tensorflow as tf
 
-from dmfa_tf.models.backbones import CPU_BF16, CPU_XLA
+from dmfa_tf.models.backbones import BACKBONES, CPU_BF16, CPU_XLA
 from dmfa_tf.models.layers import ConvMixtureHead, DenseMixtureHead
 
 __all__ = [
@@ -54,8 +54,13 @@ AUTO_XLA_MIN_STEPS = 200
 
 
 def architecture_of(model):
-    """`"linear_heads"`, `"fullconv"` or `"mlp"`: what `build_model` built
-    `model` as, read from its layers (None for other networks)."""
+    """The architecture `build_model` built `model` as: read from its default
+    name `dmfa_<architecture>` when that names a registered backbone, else from
+    its layers (`"fullconv"`, `"linear_heads"` or `"mlp"`); None for other
+    networks."""
+    name = getattr(model, "name", "") or ""
+    if name.startswith("dmfa_") and name[len("dmfa_"):] in BACKBONES:
+        return name[len("dmfa_"):]
     layers = {layer.name: layer for layer in model.layers}
     head = layers.get("mixture_head")
     if isinstance(head, ConvMixtureHead):
