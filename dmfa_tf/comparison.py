@@ -14,7 +14,14 @@ import platform
 import re
 import sys
 
-from dmfa_tf import evaluation
+import numpy as np
+
+from dmfa_tf import data as datasets
+from dmfa_tf import evaluation, masks, saving, tabular, visualization
+from dmfa_tf.baselines import tabular as tabular_baselines
+from dmfa_tf.config import TrainConfig
+from dmfa_tf.core import recalibration
+from dmfa_tf.data import tables
 from dmfa_tf.reporting import hardware_description
 
 __all__ = ["evaluate_images", "evaluate_table_model", "is_table_model"]
@@ -61,10 +68,6 @@ def evaluate_images(models, dataset=None, data_dir=None, image_size=None, crop=N
         The summary dict written to `summary.json` (with `fit_recalibration`:
         the raw calibration and the fitted map).
     """
-    from dmfa_tf import data as datasets
-    from dmfa_tf import masks, saving, visualization
-    from dmfa_tf.core import recalibration
-
     if not models:
         raise ValueError("No model to score: give at least one model spec.")
     specs = [evaluation.parse_model_spec(t) for t in models]
@@ -219,8 +222,6 @@ def _fit_recalibration_map(spec, images, generator, dataset, split, seed, batch_
     """`--fit-recalibration`: the PIT histogram of the split's missing pixels
     (at the values `--dequantize` says) becomes the model folder's
     `recalibration.json` (`dmfa_tf.core.recalibration`)."""
-    from dmfa_tf.core import recalibration
-
     if spec.is_baseline or not os.path.isfile(os.path.join(spec.path, "model.keras")):
         raise ValueError(
             f"--fit-recalibration needs a DMFA model folder (with model.keras) to write "
@@ -258,13 +259,6 @@ def evaluate_table_model(folder, compare=(), dataset=None, data_dir=None, mask=N
     """A table model (`dmfa_tf.tabular`): NLL per held-out cell, RMSE and MAE in
     the table's units, interval coverage; `--compare` baselines from
     `dmfa_tf.baselines.tabular` (mean, knn, iterative, gaussian)."""
-    import numpy as np
-
-    from dmfa_tf import tabular
-    from dmfa_tf.baselines import tabular as tabular_baselines
-    from dmfa_tf.config import TrainConfig
-    from dmfa_tf.data import tables
-
     for name in compare:
         if name not in tabular_baselines.TABLE_BASELINES:
             raise ValueError(
