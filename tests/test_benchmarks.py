@@ -1,4 +1,5 @@
-"""The log_prob benchmark script runs end to end on tiny sizes."""
+"""The benchmark scripts: log_prob end to end on tiny sizes; the chi-squared
+component study on data drawn from a known mixture."""
 
 import importlib.util
 import json
@@ -183,3 +184,32 @@ def test_calibration_scaling_measures_the_model_it_rescales(tmp_path):
     for row in (result["before"], result["after"]):
         assert 0 <= row["coverage_50"] <= row["coverage_90"] <= 1
     assert json.loads((tmp_path / "out.json").read_text())["held_out_images"] == 20
+
+
+def test_chi2_components_on_data_drawn_from_the_mixture():
+    # Images drawn from a two-component mixture: the distance under a component
+    # drawn from its posterior is chi-squared(|M|) (about 1% above the 99th
+    # percentile); under the most probable component (equal weights: always
+    # component 0) half the images, those made by component 1, are far out.
+    import numpy as np
+
+    from dmfa_tf import MaskedFactorMixture
+
+    spec = importlib.util.spec_from_file_location(
+        "chi2_components", SCRIPT.parent / "chi2_components.py")
+    chi2 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chi2)
+    rng = np.random.default_rng(0)
+    batch, n, rank = 2000, 16, 2
+    loc = np.stack([np.zeros(n), np.full(n, 3.0)])[None].repeat(batch, 0)  # [B, 2, N]
+    factors = rng.normal(scale=0.5, size=(1, 2, n, rank)).repeat(batch, 0)
+    diag = rng.uniform(0.2, 0.5, size=(1, 2, n)).repeat(batch, 0)
+    mask = np.zeros((batch, n))
+    mask[:, :6] = -1  # absent: neither given nor scored, so the draws are unconditional
+    dist = MaskedFactorMixture(
+        np.zeros((batch, 2)), loc, factors, diag, mask)
+    values = dist.sample(seed=[3, 4])  # [B, N]
+    shares = chi2.chi2_tails(dist, values, rng)
+    assert shares["posterior_draw"]["above_p99"] < 0.025
+    assert shares["posterior_draw"]["below_p1"] < 0.025
+    assert 0.4 < shares["most_probable"]["above_p99"] < 0.6
