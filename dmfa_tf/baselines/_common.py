@@ -6,11 +6,6 @@ import math
 
 import numpy as np
 
-from dmfa_tf.core.checks import ABSENT, MISSING, OBSERVED
-
-# Mask codes (`dmfa_tf.core.checks`), as the NumPy baselines compare them.
-_OBSERVED, _MISSING, _ABSENT = OBSERVED, MISSING, ABSENT
-
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
 

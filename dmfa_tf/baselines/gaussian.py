@@ -6,14 +6,12 @@ import scipy.linalg
 import scipy.special
 
 from dmfa_tf.baselines._common import (
-    _ABSENT,
     _HALF_LOG_TWO_PI,
-    _MISSING,
-    _OBSERVED,
     _check_batch,
     _check_images,
     _one_blas_thread,
 )
+from dmfa_tf.core.checks import ABSENT, MISSING, OBSERVED
 
 __all__ = ["DEFAULT_REGULARIZATION", "FullGaussian"]
 
@@ -133,12 +131,12 @@ class FullGaussian:
     def _projected(self, images, mask):
         """`Lambda (x - mu)` with `x - mu` zeroed outside the observed
         coordinates: `[B, N]`, whose entries at `u` are `Lambda_uo (x_o - mu_o)`."""
-        residual = np.where(mask == _OBSERVED, images - self.mean, 0.0)  # [B, N]
+        residual = np.where(mask == OBSERVED, images - self.mean, 0.0)  # [B, N]
         return residual @ self.precision  # the precision is symmetric
 
     def _conditional(self, x, mask, projected=None):
-        absent = np.flatnonzero(mask == _ABSENT)
-        missing = np.flatnonzero(mask == _MISSING)
+        absent = np.flatnonzero(mask == ABSENT)
+        missing = np.flatnonzero(mask == MISSING)
         hidden = np.concatenate([absent, missing])  # u = (a, h)
         if projected is None:
             projected = self._projected(x[None], mask[None])[0]
@@ -170,7 +168,7 @@ class FullGaussian:
         pit = np.full(images.shape, np.nan)
         projected = self._projected(images, mask)  # [B, N]: one matrix product
         for b in range(len(images)):
-            if not np.any(mask[b] != _OBSERVED):
+            if not np.any(mask[b] != OBSERVED):
                 continue
             hidden, missing, mean, chol, hidden_mean = self._conditional(
                 images[b], mask[b], projected[b]

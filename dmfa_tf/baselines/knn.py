@@ -3,7 +3,8 @@
 
 import numpy as np
 
-from dmfa_tf.baselines._common import _OBSERVED, _check_batch, _check_images
+from dmfa_tf.baselines._common import _check_batch, _check_images
+from dmfa_tf.core.checks import OBSERVED
 
 __all__ = ["KNN_NEIGHBORS", "KNNImputation"]
 
@@ -77,7 +78,7 @@ class KNNImputation:
         """`[B, k]` indices of each image's nearest training images (observed
         coordinates only), nearest first; -1 where nothing is observed."""
         images, mask = _check_batch(images, mask, self.train.shape[1])
-        observed = mask == _OBSERVED
+        observed = mask == OBSERVED
         given = np.where(observed, images, 0.0)
         # sum_o (x_o - y_o)^2 = |x_o|^2 - 2 x_o . y + sum_o y^2; the first term
         # is the same for every training image.
@@ -109,4 +110,4 @@ class KNNImputation:
         nearest = self.neighbours(images, mask)
         fill = self.train[np.maximum(nearest, 0)].mean(axis=1, dtype=np.float64)  # [B, N]
         fill[nearest[:, 0] < 0] = self.mean
-        return {"imputation": np.where(mask == _OBSERVED, images, fill)}
+        return {"imputation": np.where(mask == OBSERVED, images, fill)}
