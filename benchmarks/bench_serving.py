@@ -5,7 +5,8 @@ For one saved model (a `saved_models/<name>` folder; by default a fresh
 untrained 8x8 `mlp` network, so the script runs anywhere) it exports, into a
 temporary folder:
 
-- the SavedModel (`dmfa_tf.export_saved_model`) with its four signatures;
+- the SavedModel (`dmfa_tf.export_saved_model`) with its five signatures,
+  its `intervals` recalibrated by the folder's first map as the CLI does;
 - `model.tflite` (float32, builtin ops only) and the quantised variants
   `model_float16.tflite` (float16 weights) and `model_dynamic_range.tflite`
   (int8 weights, float activations).
@@ -16,15 +17,17 @@ It then measures, in the same run:
    (without the `.tflite` files) and each `.tflite` file;
 2. latency for ONE image (batch 1), median and quartiles over `--repeats`
    calls after `--warmup` calls: the in-memory model (`model.impute` /
-   `model.mixture(...).log_prob` in a `tf.function`), the SavedModel's
-   `serving_default` and `log_prob` signatures through `tf.saved_model.load`,
-   and each TFLite file's `impute` and `log_prob` signatures through the LiteRT
-   interpreter (`ai-edge-litert`, else `tf.lite.Interpreter`);
+   `model.mixture(...).log_prob` and `recalibration.interval` in a
+   `tf.function`), the SavedModel's `serving_default`, `log_prob` and
+   `intervals` (level 0.9) signatures through `tf.saved_model.load`, and each
+   TFLite file's `impute`, `log_prob` and `intervals` signatures through the
+   LiteRT interpreter (`ai-edge-litert`, else `tf.lite.Interpreter`);
 3. error of each TFLite file against the SavedModel on a batch of test images
    (the model's data set when its `config.json` names one that loads here,
    else random images), each with a centred hole of a quarter of the image:
-   the largest absolute difference of `imputation`, `variance` and `log_prob`,
-   and the largest relative difference of `log_prob`.
+   the largest absolute difference of `imputation`, `variance`, `log_prob`
+   and the 90% interval ends, and the largest relative difference of
+   `log_prob`.
 
 Usage, from the repository root:
 
@@ -55,7 +58,10 @@ import tensorflow as tf
 
 from dmfa_tf import saving
 from dmfa_tf import serving as export
+from dmfa_tf.core import recalibration as recalibration_lib
 from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images
+
+LEVEL = 0.9  # the intervals' level
 
 
 def parse_args(argv=None):
@@ -146,11 +152,12 @@ def main(argv=None):
     image_shape = export.model_image_shape(model)
     images, masks, source = _test_batch(args.model, image_shape, args.images)
 
+    fitted = recalibration_lib.load(args.model) if args.model else None
     workdir = tempfile.mkdtemp(prefix="bench-serving-")
     try:
         version = export.export_saved_model(
             model, os.path.join(workdir, "model"), tflite=True,
-            quantize=export.QUANTIZATIONS,
+            quantize=export.QUANTIZATIONS, recalibration=fitted,
         )
         tflite_files = {
             "float32": os.path.join(version, "model.tflite"),
@@ -167,6 +174,8 @@ def main(argv=None):
         loaded = tf.saved_model.load(version)
         serving = loaded.signatures["serving_default"]
         log_prob_sig = loaded.signatures["log_prob"]
+        intervals_sig = loaded.signatures["intervals"]
+        level = tf.constant(LEVEL)
 
         @tf.function(input_signature=[tf.TensorSpec(one_image.shape), tf.TensorSpec(one_mask.shape)])
         def in_memory_impute(image, mask):
@@ -179,12 +188,20 @@ def main(argv=None):
             dist = MaskedFactorMixture.from_images(params, mask, image)
             return dist.log_prob(flatten_images(image))
 
+        @tf.function(input_signature=[tf.TensorSpec(one_image.shape), tf.TensorSpec(one_mask.shape)])
+        def in_memory_intervals(image, mask):
+            params = model({"image": image, "mask": mask}, training=False)
+            dist = MaskedFactorMixture.from_images(params, mask, image)
+            return recalibration_lib.interval(dist, LEVEL, fitted)
+
         timings = {
             "in_memory": {
                 "impute": _time(lambda: in_memory_impute(one_image, one_mask).numpy(),
                                 args.repeats, args.warmup),
                 "log_prob": _time(lambda: in_memory_log_prob(one_image, one_mask).numpy(),
                                   args.repeats, args.warmup),
+                "intervals": _time(lambda: in_memory_intervals(one_image, one_mask)[0].numpy(),
+                                   args.repeats, args.warmup),
             },
             "saved_model": {
                 "impute": _time(
@@ -193,6 +210,10 @@ def main(argv=None):
                 "log_prob": _time(
                     lambda: log_prob_sig(image=one_image, mask=one_mask)["log_prob"].numpy(),
                     args.repeats, args.warmup),
+                "intervals": _time(
+                    lambda: intervals_sig(image=one_image, mask=one_mask, level=level)[
+                        "lower"].numpy(),
+                    args.repeats, args.warmup),
             },
         }
         np_image, np_mask = images[:1], masks[:1]
@@ -200,16 +221,24 @@ def main(argv=None):
         reference_impute = serving(image=tf.constant(images), mask=tf.constant(masks))
         reference_log_prob = log_prob_sig(
             image=tf.constant(images), mask=tf.constant(masks))["log_prob"].numpy()
+        reference_ends = intervals_sig(
+            image=tf.constant(images), mask=tf.constant(masks), level=level)
         for name, path in tflite_files.items():
             interpreter = export.tflite_interpreter(path)
             impute_runner = interpreter.get_signature_runner("impute")
             log_prob_runner = interpreter.get_signature_runner("log_prob")
+            intervals_runner = interpreter.get_signature_runner("intervals")
+            np_level = np.float32(LEVEL)
             timings[f"tflite_{name}"] = {
                 "impute": _time(lambda: impute_runner(image=np_image, mask=np_mask),
                                 args.repeats, args.warmup),
                 "log_prob": _time(lambda: log_prob_runner(image=np_image, mask=np_mask),
                                   args.repeats, args.warmup),
+                "intervals": _time(
+                    lambda: intervals_runner(image=np_image, mask=np_mask, level=np_level),
+                    args.repeats, args.warmup),
             }
+            ends = intervals_runner(image=images, mask=masks, level=np_level)
             out = impute_runner(image=images, mask=masks)
             scored = log_prob_runner(image=images, mask=masks)["log_prob"]
             errors[name] = {
@@ -220,6 +249,9 @@ def main(argv=None):
                 "log_prob_max_abs": float(np.max(np.abs(scored - reference_log_prob))),
                 "log_prob_max_rel": float(np.max(
                     np.abs(scored - reference_log_prob) / np.maximum(np.abs(reference_log_prob), 1.0))),
+                "intervals_max_abs": max(
+                    float(np.max(np.abs(ends[key] - reference_ends[key].numpy())))
+                    for key in ("lower", "upper")),
             }
         ops = export.tflite_ops(tflite_files["float32"])
     finally:
@@ -233,6 +265,7 @@ def main(argv=None):
         "latency_batch1": timings,
         "tflite_error_vs_saved_model": errors,
         "tflite_ops": ops,
+        "intervals_recalibration": None if fitted is None else fitted.fitted_on,
         "hardware": f"{os.cpu_count()} CPU cores ({platform.machine()})",
         "versions": {"tensorflow": tf.__version__, "python": platform.python_version()},
     }
@@ -251,21 +284,29 @@ def _print(results):
         print(f"| {name} | {size / 1e6:.2f} MB |")
     base = results["latency_batch1"]["saved_model"]
     print("\nOne image (batch 1), median ms [quartiles] over repeated calls; ratio to the SavedModel:")
-    print("\n| runtime | impute ms | log_prob ms | impute ratio | log_prob ratio |")
-    print("|---|---|---|---|---|")
+    cases_timed = ("impute", "log_prob", "intervals")
+    print("\n| runtime | " + " | ".join(f"{c} ms" for c in cases_timed) + " | "
+          + " | ".join(f"{c} ratio" for c in cases_timed) + " |")
+    print("|---" * (2 * len(cases_timed) + 1) + "|")
     for name, cases in results["latency_batch1"].items():
         cells = []
-        for case in ("impute", "log_prob"):
+        for case in cases_timed:
             t = cases[case]
             cells.append(f"{t['median_ms']:.3f} [{t['q25_ms']:.3f}, {t['q75_ms']:.3f}]")
-        ratios = [cases[c]["median_ms"] / base[c]["median_ms"] for c in ("impute", "log_prob")]
-        print(f"| {name} | {cells[0]} | {cells[1]} | {ratios[0]:.2f}x | {ratios[1]:.2f}x |")
+        ratios = [f"{cases[c]['median_ms'] / base[c]['median_ms']:.2f}x" for c in cases_timed]
+        print(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     print(f"\nTFLite against the SavedModel on {results['error_images']} (centred hole):")
-    print("\n| file | imputation max abs | variance max abs | log_prob max abs | log_prob max rel |")
-    print("|---|---|---|---|---|")
+    print("\n| file | imputation max abs | variance max abs | log_prob max abs | log_prob max rel "
+          "| 90% interval ends max abs |")
+    print("|---|---|---|---|---|---|")
     for name, e in results["tflite_error_vs_saved_model"].items():
         print(f"| {name} | {e['imputation_max_abs']:.2e} | {e['variance_max_abs']:.2e} | "
-              f"{e['log_prob_max_abs']:.2e} | {e['log_prob_max_rel']:.2e} |")
+              f"{e['log_prob_max_abs']:.2e} | {e['log_prob_max_rel']:.2e} | "
+              f"{e['intervals_max_abs']:.2e} |")
+    fitted = results.get("intervals_recalibration")
+    print("\nIntervals: " + ("the model's own" if fitted is None else
+                            f"recalibrated by the map fitted on {fitted.get('mask')} holes of "
+                            f"the {fitted.get('split')} split"))
     print(f"\nTFLite operators (float32 file): {', '.join(results['tflite_ops'])}")
 
 

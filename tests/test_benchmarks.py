@@ -69,12 +69,14 @@ def test_bench_serving_tiny(tmp_path, capsys):
         "in_memory", "saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_range",
     }
     for cases in results["latency_batch1"].values():
-        for case in ("impute", "log_prob"):
+        for case in ("impute", "log_prob", "intervals"):
             t = cases[case]
             assert 0 < t["q25_ms"] <= t["median_ms"] <= t["q75_ms"] and t["repeats"] == 3
     errors = results["tflite_error_vs_saved_model"]
     assert errors["float32"]["log_prob_max_rel"] < 1e-4
     assert errors["float32"]["imputation_max_abs"] < 1e-4
+    assert errors["float32"]["intervals_max_abs"] < 1e-4
+    assert "intervals ms" in printed and "90% interval ends max abs" in printed
     # Quantised weights do change the outputs, a little.
     assert 0 < errors["dynamic_range"]["imputation_max_abs"] < 0.5
     assert not any(op.startswith("Flex") for op in results["tflite_ops"])

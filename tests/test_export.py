@@ -139,10 +139,13 @@ def _run_fresh_process(path, image, mask, tmp_path):
     return report, results
 
 
-def _tflite_outputs(path, image, mask):
+def _tflite_outputs(path, image, mask, level=LEVEL):
     interpreter = serving.tflite_interpreter(path)
     return {
-        name: serving.run_tflite(interpreter, name, image=image, mask=mask)
+        name: serving.run_tflite(
+            interpreter, name, image=image, mask=mask,
+            **({"level": level} if name == "intervals" else {}),
+        )
         for name in serving.TFLITE_SIGNATURES
     }
 
@@ -155,7 +158,12 @@ def _assert_tflite_matches(tflite, saved, atol=1e-4):
     np.testing.assert_allclose(
         tflite["log_prob"]["log_prob"], saved["log_prob"]["log_prob"], atol=atol, rtol=1e-5
     )
-    assert tflite["impute"]["valid"].all() and tflite["log_prob"]["valid"].all()
+    # The intervals: the same ends, from TFLite builtins only.
+    for key in ("lower", "upper"):
+        np.testing.assert_allclose(
+            tflite["intervals"][key], saved["intervals"][key], atol=atol, rtol=1e-5, err_msg=key
+        )
+    assert all(tflite[name]["valid"].all() for name in serving.TFLITE_SIGNATURES)
 
 
 def _saved_model_cli():
@@ -386,8 +394,9 @@ def test_tflite_builtin_ops_only_and_parity(exported, loaded, batch):
     assert sorted(interpreter.get_signature_list()) == sorted(serving.TFLITE_SIGNATURES)
     image, mask = batch
     saved = {name: _call_signature(loaded.signatures, name, image, mask)
-             for name in ("serving_default", "log_prob")}
+             for name in ("serving_default", "log_prob", "intervals")}
     _assert_tflite_matches(_tflite_outputs(path, image, mask), saved)
+    assert {"WHILE", "EXP"} <= set(ops)  # the intervals' bisection and normal CDF
 
 
 def test_tflite_empty_batch_gives_empty_outputs(exported, batch):
@@ -414,10 +423,24 @@ def test_tflite_bad_input_is_flagged_not_silent(exported, batch):
     image[3][mask[3] == 0] = np.inf  # missing pixels: read by log_prob only
     out = _tflite_outputs(path, image, mask)
     assert out["impute"]["valid"].tolist() == [False, False, True, True]
+    assert out["intervals"]["valid"].tolist() == [False, False, True, True]
     assert out["log_prob"]["valid"].tolist() == [False, False, True, False]
     for key in ("imputation", "variance", "mixture_weights"):
         assert np.isnan(out["impute"][key][:2]).all()
         np.testing.assert_allclose(out["impute"][key][2:], clean["impute"][key][2:], atol=1e-6)
+    for key in ("lower", "upper"):
+        assert np.isnan(out["intervals"][key][:2]).all()
+        np.testing.assert_allclose(
+            out["intervals"][key][2:], clean["intervals"][key][2:], atol=1e-6
+        )
+    # A level outside (0, 1) makes every image invalid: NaN, never an interval.
+    clean_image, clean_mask = batch
+    for level in (0.0, 1.0, -0.5, 2.0, np.nan):
+        bad = serving.run_tflite(
+            path, "intervals", image=clean_image, mask=clean_mask, level=level
+        )
+        assert not bad["valid"].any(), level
+        assert np.isnan(bad["lower"]).all() and np.isnan(bad["upper"]).all(), level
     assert np.isnan(out["log_prob"]["log_prob"][[0, 1, 3]]).all()
     # Image 2 has no missing pixel: log_prob 0, imputation the input.
     assert out["log_prob"]["log_prob"][2] == 0.0
@@ -446,6 +469,7 @@ def test_tflite_trace_has_no_assertions_and_restores_the_layer(mlp_model, export
         without = _tflite_functions(mlp_model, SHAPE)
         types = op_types(without["impute"].get_concrete_function().graph)
         types |= op_types(without["log_prob"].get_concrete_function().graph)
+        types |= op_types(without["intervals"].get_concrete_function().graph)
     assert layer.validate
     assert "Assert" not in types and "Sqrt" in types  # the unrolled Cholesky
 
@@ -508,15 +532,22 @@ def test_intervals_signature_with_a_recalibration(mlp_model, batch, tmp_path, ca
         [np.linspace(0, 1, 9) ** 1.5, np.sqrt(np.linspace(0, 1, 9))], [bound],
         fitted_on={"mask": "4x4", "split": "val"},
     )
-    path = serving.export_saved_model(mlp_model, str(tmp_path / "serving"), recalibration=fitted)
+    path = serving.export_saved_model(
+        mlp_model, str(tmp_path / "serving"), recalibration=fitted, tflite=True
+    )
     loaded = tf.saved_model.load(path)
+    interpreter = serving.tflite_interpreter(os.path.join(path, "model.tflite"))
     flat = flatten_images(image).numpy()
     for level in (0.5, 0.9):
         outputs = loaded.signatures["intervals"](
             image=tf.constant(image), mask=tf.constant(mask), level=tf.constant(level))
+        lite = serving.run_tflite(interpreter, "intervals", image=image, mask=mask, level=level)
+        assert lite["valid"].all()
         for name, end in zip(("lower", "upper"), recalibration.interval(dist, level, fitted)):
             want = np.where(mask.reshape(len(image), -1) == 1, flat, end.numpy()).reshape(image.shape)
             np.testing.assert_allclose(outputs[name].numpy(), want, atol=1e-4, err_msg=name)
+            # The TFLite file reads the same map, with builtin operators only.
+            np.testing.assert_allclose(lite[name], want, atol=1e-4, err_msg=name)
     # Recalibrated intervals are not the model's own.
     own = recalibration.interval(dist, 0.9)[0].numpy().reshape(image.shape)
     assert np.abs(outputs["lower"].numpy() - own)[mask == 0].max() > 1e-3

@@ -230,6 +230,67 @@ def test_grouped_interval_ends_have_their_groups_levels():
     assert len(set(np.round(r.inverse(0.1)[r.group(sd)].ravel(), 12))) == 2
 
 
+def test_elementary_normal_cdf_against_scipy():
+    """The TFLite-safe normal CDF (a Chebyshev fit of erfc) against SciPy:
+    relative error below 1.2e-7 in the lower tail, absolute error below 6e-8
+    everywhere (the upper half is 1 - Phi(-z))."""
+    z = np.linspace(-12.0, 12.0, 4801)
+    got = recalibration.normal_cdf(tf.constant(z), elementary=True).numpy()
+    lower = z <= 0
+    want = stats.norm.cdf(z)
+    np.testing.assert_array_less(np.abs(got - want)[lower], 1.2e-7 * want[lower])
+    np.testing.assert_allclose(got, want, atol=6e-8, rtol=0)
+    exact = recalibration.normal_cdf(tf.constant(z)).numpy()
+    np.testing.assert_allclose(exact, stats.norm.cdf(z), rtol=1e-14, atol=1e-300)
+    # float32 (the TFLite file's type): within float32 rounding of the truth.
+    got32 = recalibration.normal_cdf(tf.constant(z, tf.float32), elementary=True).numpy()
+    np.testing.assert_allclose(got32, stats.norm.cdf(z), atol=3e-7, rtol=0)
+
+
+def test_elementary_intervals_equal_the_exact_ones():
+    """`elementary=True` (TFLite builtins: the fitted normal CDF, counting in
+    place of searchsorted, no assertion) gives the same interval ends, with one
+    map and with groups, and the same groups and map inverse as NumPy."""
+    dist, params = _random_mixture(seed=3, batch=4, n=6)
+    sd = dist.stddev().numpy()
+    bound = float(np.median(sd))
+    grouped = Recalibration([np.linspace(0, 1, 5) ** 2, np.sqrt(np.linspace(0, 1, 5))], [bound])
+    for fitted in (None, _z_band(), grouped):
+        for level in (0.5, 0.9):
+            exact = recalibration.interval(dist, level, fitted)
+            fast = recalibration.interval(dist, tf.constant(level, tf.float64), fitted,
+                                          elementary=True)
+            for a, b in zip(exact, fast):
+                np.testing.assert_allclose(b.numpy(), a.numpy(), atol=2e-6)
+    np.testing.assert_array_equal(grouped.group_tf(tf.constant(sd), sd.shape).numpy(),
+                                  grouped.group(sd))
+    # In float32 (the exported files' type) the grouped map's upper level,
+    # Phi(7.1) = 1 - 6e-13, rounds to 1; the upper end is found from its
+    # upper-tail probability, so it still matches float64.
+    dist32 = MaskedFactorMixture(
+        **{key: value.astype(np.float32) for key, value in params.items()},
+        mask=np.zeros((4, 6), np.float32),
+    )
+    exact = recalibration.interval(dist, 0.8, grouped)
+    for elementary in (False, True):
+        ends = recalibration.interval(dist32, 0.8, grouped, elementary=elementary)
+        for a, b in zip(exact, ends):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=2e-5, atol=1e-6)
+    # The counting search agrees with NumPy's searchsorted, ties included.
+    levels = np.array([0.0, 0.0625, 0.1, 0.25, 0.5, 0.99, 1.0])
+    for fitted in (_z_band(), grouped):
+        for side in ("left", "right"):
+            count = (fitted.cdfs[:, None, :] < levels[None, :, None]).sum(-1)
+            if side == "right":
+                count = (fitted.cdfs[:, None, :] <= levels[None, :, None]).sum(-1)
+            want = np.stack([np.searchsorted(c, levels, side=side) for c in fitted.cdfs])
+            np.testing.assert_array_equal(count, want)
+        np.testing.assert_allclose(
+            fitted.inverse_tf(tf.constant(levels), elementary=True).numpy(),
+            fitted.inverse(levels), rtol=2e-6, atol=1e-12,
+        )
+
+
 def test_baselines_without_mixture_parameters_are_refused():
     from dmfa_tf import baselines
 

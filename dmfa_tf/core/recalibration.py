@@ -46,7 +46,8 @@ import tensorflow as tf
 
 __all__ = [
     "BINS", "FILE", "GROUPS", "SD_GRID", "Z_RANGE", "Recalibration", "file_content", "interval",
-    "load", "load_all", "marginal_cdf", "pit_bin", "pit_position", "quantile", "sd_bin", "with_map",
+    "load", "load_all", "marginal_cdf", "normal_cdf", "pit_bin", "pit_position", "quantile", "sd_bin",
+    "with_map",
 ]
 
 BINS = 1024  # PIT bins, evenly spaced in z = Phi^-1(PIT) over [-Z_RANGE, Z_RANGE]
@@ -176,9 +177,11 @@ class Recalibration:
         """`group` in TensorFlow: `[shape]` int32 groups (all 0 with one group)."""
         if self.groups == 1:
             return tf.zeros(shape, tf.int32)
-        sd = tf.convert_to_tensor(sd)
+        sd = tf.reshape(tf.convert_to_tensor(sd), [-1, 1])
         bounds = tf.constant(self.sd_bounds, sd.dtype)
-        return tf.reshape(tf.searchsorted(bounds, tf.reshape(sd, [-1]), side="right"), shape)
+        # searchsorted(bounds, sd, side="right") = the number of bounds <= sd,
+        # counted with TFLite builtins (searchsorted is not one).
+        return tf.reshape(tf.reduce_sum(tf.cast(bounds <= sd, tf.int32), axis=-1), shape)
 
     def __call__(self, u, sd=None):
         """`R_g(u)` for PITs `u` of pixels with predictive sd `sd` (needed when
@@ -207,8 +210,15 @@ class Recalibration:
         Where a map is flat at `p`, the middle of the flat part."""
         return self.inverse_tf(tf.constant(np.asarray(p, np.float64))).numpy()
 
-    def inverse_tf(self, p):
-        """`inverse` in TensorFlow: `[groups, *shape(p)]` for a float tensor `p`."""
+    def inverse_tf(self, p, elementary=False):
+        """`inverse` in TensorFlow: `[groups, *shape(p)]` for a float tensor `p`;
+        with `elementary`, TFLite builtin operators only (see `normal_cdf`)."""
+        return normal_cdf(self.inverse_z_tf(p), elementary)
+
+    def inverse_z_tf(self, p):
+        """`Phi^-1(R_g^-1(p))` for every group, `[groups, *shape(p)]`: the
+        level as a z, from which both tails (`Phi(z)`, `Phi(-z)`) are exact,
+        however close to 1 the level is. TFLite builtin operators only."""
         p = tf.clip_by_value(tf.convert_to_tensor(p), 0.0, 1.0)
         shape = tf.shape(p)
         cdfs = tf.constant(self.cdfs, p.dtype)  # [G, bins + 1]
@@ -217,7 +227,13 @@ class Recalibration:
         def crossing(side, flat):
             # "left": the least position where R = p; "right": the greatest.
             # The segment [j - 1, j] holds it; it is flat only at p = 0 or 1.
-            j = tf.clip_by_value(tf.searchsorted(cdfs, levels, side=side), 1, self.bins)
+            # searchsorted(cdfs, levels, side), as a count (a TFLite builtin):
+            # left, the number of map values < p; right, the number <= p.
+            below = cdfs[:, tf.newaxis, :] < levels[:, :, tf.newaxis]  # [G, n, bins + 1]
+            if side == "right":
+                below = below | (cdfs[:, tf.newaxis, :] == levels[:, :, tf.newaxis])
+            j = tf.reduce_sum(tf.cast(below, tf.int32), axis=-1)
+            j = tf.clip_by_value(j, 1, self.bins)
             low = tf.gather(cdfs, j - 1, batch_dims=1)
             high = tf.gather(cdfs, j, batch_dims=1)
             rising = high > low
@@ -226,8 +242,7 @@ class Recalibration:
 
         position = 0.5 * (crossing("left", 0.0) + crossing("right", 1.0))
         z = -Z_RANGE + position * (2.0 * Z_RANGE / self.bins)
-        u = 0.5 * tf.math.erfc(-z * math.sqrt(0.5))  # Phi(z), accurate in both tails
-        return tf.reshape(u, tf.concat([[self.groups], shape], 0))
+        return tf.reshape(z, tf.concat([[self.groups], shape], 0))
 
     def to_dict(self):
         return {
@@ -294,7 +309,37 @@ def with_map(folder, fitted):
     return maps + [fitted]
 
 
-def marginal_cdf(dist, x):
+# Chebyshev fit of erfc(x) (Press et al., "Numerical Recipes", the `erfcc`
+# function): erfc(x) ~ t exp(-x^2 + P(t)), t = 1 / (1 + x / 2), x >= 0, with
+# relative error below 1.2e-7 for every x >= 0. P's coefficients, lowest first:
+_ERFC_FIT = (
+    -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+    0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
+)
+
+
+def normal_cdf(z, elementary=False):
+    """The standard normal CDF `Phi(z)`, accurate in both tails.
+
+    Args:
+        z: a float tensor.
+        elementary: False, `0.5 * erfc(-z / sqrt(2))` to the dtype's precision;
+            True, only operators that are TFLite builtins (erfc is not one):
+            `Phi(-|z|)` by the Chebyshev fit above, with relative error below
+            1.2e-7 (plus float32 rounding), and `Phi(|z|) = 1 - Phi(-|z|)`.
+    """
+    if not elementary:
+        return 0.5 * tf.math.erfc(-z * math.sqrt(0.5))
+    x = tf.abs(z) * math.sqrt(0.5)
+    t = 1.0 / (1.0 + 0.5 * x)
+    poly = tf.zeros_like(t) + _ERFC_FIT[-1]
+    for coefficient in reversed(_ERFC_FIT[:-1]):
+        poly = poly * t + coefficient
+    lower = 0.5 * t * tf.exp(poly - tf.square(x))  # Phi(-|z|) = erfc(|z| / sqrt 2) / 2
+    return tf.where(z < 0.0, lower, 1.0 - lower)
+
+
+def marginal_cdf(dist, x, elementary=False, upper=False):
     """Each coordinate's value under its exact 1-D marginal CDF (the PIT).
 
     Coordinate `i`'s marginal under `dist` is the mixture
@@ -304,6 +349,9 @@ def marginal_cdf(dist, x):
     Args:
         dist: a `MaskedFactorMixture` with batch shape `[B]`.
         x: `[B, N]` values.
+        elementary: TFLite builtin operators only (`normal_cdf`).
+        upper: the upper tail `1 - F_i(x)` instead, exact where it is far
+            smaller than the dtype's resolution of 1.
 
     Returns:
         `[B, N]` values in [0, 1] (every coordinate; only the missing ones
@@ -313,17 +361,20 @@ def marginal_cdf(dist, x):
     probs = tf.math.softmax(dist.logits, axis=-1)  # [B, K]
     scale = tf.sqrt(dist.diag + tf.reduce_sum(tf.square(dist.factors), axis=-1))  # [B, K, N]
     z = (tf.expand_dims(x, -2) - dist.loc) / scale  # [B, K, N]
-    cdf = 0.5 * tf.math.erfc(-z * math.sqrt(0.5))  # Phi(z), accurate in both tails
+    cdf = normal_cdf(-z if upper else z, elementary)
     return tf.reduce_sum(tf.expand_dims(probs, -1) * cdf, axis=-2)
 
 
-def quantile(dist, p, iterations=60):
+def quantile(dist, p, iterations=60, elementary=False, upper=False):
     """Per-coordinate `p`-quantile of the exact 1-D marginals of `dist`.
 
     Args:
         dist: a `MaskedFactorMixture` with batch shape `[B]`.
         p: a number in (0, 1), or `[B, N]` levels.
         iterations: bisection steps (60 reach float64 resolution).
+        elementary: TFLite builtin operators only (`normal_cdf`).
+        upper: `p` is an upper-tail probability: `x` with `1 - F_i(x) = p`,
+            exact also where `1 - p` rounds to 1 (float32 beyond z = 5.3).
 
     Returns:
         `[B, N]` values `x` with `F_i(x) = p` (every coordinate; only the
@@ -333,14 +384,21 @@ def quantile(dist, p, iterations=60):
     low = tf.reduce_min(dist.loc - 40.0 * scale, axis=-2)
     high = tf.reduce_max(dist.loc + 40.0 * scale, axis=-2)
     p = tf.cast(p, dist.dtype)
-    for _ in range(iterations):
+
+    def halve(step, low, high):
         middle = 0.5 * (low + high)
-        below = marginal_cdf(dist, middle) < p
-        low, high = tf.where(below, middle, low), tf.where(below, high, middle)
+        tail = marginal_cdf(dist, middle, elementary, upper)
+        below = tail > p if upper else tail < p  # the quantile lies above `middle`
+        return step + 1, tf.where(below, middle, low), tf.where(below, high, middle)
+
+    # A loop op, not `iterations` copies of the step: small graphs, fast export.
+    _, low, high = tf.while_loop(
+        lambda step, low, high: step < iterations, halve, (tf.constant(0), low, high)
+    )
     return 0.5 * (low + high)
 
 
-def interval(dist, level, recalibration=None, iterations=60):
+def interval(dist, level, recalibration=None, iterations=60, elementary=False):
     """The central `level` interval of every coordinate's marginal (TensorFlow;
     also inside a `tf.function`, where `level` may be a tensor).
 
@@ -349,6 +407,9 @@ def interval(dist, level, recalibration=None, iterations=60):
         level: a number in (0, 1), e.g. 0.9.
         recalibration: a `Recalibration` (the interval whose recalibrated
             PIT lies in the central `level`), or None (the model's own).
+        iterations: bisection steps of `quantile`.
+        elementary: TFLite builtin operators only (`normal_cdf`, and no
+            assertion on a tensor `level`: the caller checks it).
 
     Returns:
         `(lower, upper)`, each `[B, N]` (every coordinate; only the missing
@@ -356,19 +417,29 @@ def interval(dist, level, recalibration=None, iterations=60):
     """
     if isinstance(level, (tf.Tensor, tf.Variable)):
         level = tf.cast(level, dist.dtype)
+    if isinstance(level, tf.Tensor) and not elementary:
         tf.debugging.Assert(
             (level > 0.0) & (level < 1.0),
             ["`level` must lie strictly between 0 and 1; received level =", level],
         )
-    else:
+    elif not isinstance(level, tf.Tensor):
         level = float(level)
         if not 0.0 < level < 1.0 or math.isnan(level):
             raise ValueError(f"`level` must lie strictly between 0 and 1. Received: level={level!r}")
         level = tf.constant(level, dist.dtype)
-    tails = tf.stack([(1.0 - level) / 2.0, (1.0 + level) / 2.0])  # [2]
+    # The upper end is found from its upper-tail probability, which stays
+    # exact where its level rounds to 1 in float32.
     if recalibration is None:
-        return tuple(quantile(dist, tails[side], iterations) for side in (0, 1))
-    levels = recalibration.inverse_tf(tails)  # [G, 2]
+        tail = (1.0 - level) / 2.0
+        return (
+            quantile(dist, tail, iterations, elementary),
+            quantile(dist, tail, iterations, elementary, upper=True),
+        )
+    z = recalibration.inverse_z_tf(tf.stack([(1.0 - level) / 2.0, (1.0 + level) / 2.0]))  # [G, 2]
+    tails = (normal_cdf(z[:, 0], elementary), normal_cdf(-z[:, 1], elementary))  # [G] each
     sd = dist.stddev()  # [B, N]
     group = recalibration.group_tf(sd, tf.shape(sd))
-    return tuple(quantile(dist, tf.gather(levels[:, side], group), iterations) for side in (0, 1))
+    return tuple(
+        quantile(dist, tf.gather(tails[side], group), iterations, elementary, upper=side == 1)
+        for side in (0, 1)
+    )

@@ -88,7 +88,8 @@ def export_saved_model(
             `sqrt(diag) * eps` noise (a sample of the density) or leaves it out
             (smoother pictures).
         recalibration: a `recalibration.Recalibration` for the `intervals`
-            signature (None: the model's own intervals).
+            signatures of the SavedModel and the TFLite files (None: the
+            model's own intervals).
 
     Returns:
         The version folder's path.
@@ -119,7 +120,10 @@ def export_saved_model(
         if tflite:
             for variant in (None,) + quantize:
                 name = "model.tflite" if variant is None else f"model_{variant}.tflite"
-                export_tflite(model, os.path.join(staging, name), variant, image_shape)
+                export_tflite(
+                    model, os.path.join(staging, name), variant, image_shape,
+                    recalibration=recalibration,
+                )
                 files[name] = variant or "float32"
         info = {
             "model": type(model).__name__,

@@ -33,10 +33,16 @@ is 0 and every sample equals the input.
 
 #### TFLite signatures (`_tflite_functions`)
 
-`impute` (`imputation`, `variance`, `mixture_weights`, `valid`) and `log_prob`
-(`log_prob`, `valid`). TFLite has no assertions, so the input checks above
-become the `valid` output (bool `[B]`), and every output of an image that
-fails them is NaN: bad input is never silently scored.
+`impute` (`imputation`, `variance`, `mixture_weights`, `valid`), `log_prob`
+(`log_prob`, `valid`) and `intervals` (inputs `image`, `mask`, `level`;
+outputs `lower`, `upper`, `valid`). TFLite has no assertions, so the input
+checks above become the `valid` output (bool `[B]`), and every output of an
+image that fails them is NaN: bad input is never silently scored. In
+`intervals`, a `level` outside (0, 1) makes every image invalid. Its ends are
+the SavedModel's, computed with TFLite builtins only (`recalibration.interval`
+with `elementary=True`: the normal CDF by a rational fit, relative error
+below 1.2e-7, and counting in place of searchsorted), recalibrated by the same
+map.
 """
 
 import numpy as np
@@ -59,7 +65,7 @@ __all__ = [
 ]
 
 SERVING_SIGNATURES = ("serving_default", "log_prob", "sample", "parameters", "intervals")
-TFLITE_SIGNATURES = ("impute", "log_prob")
+TFLITE_SIGNATURES = ("impute", "log_prob", "intervals")
 PARAMETER_KEYS = ("logits", "loc", "factors", "diag")
 
 
@@ -235,13 +241,8 @@ def _serving_functions(model, image_shape, diagonal_noise=True, recalibration=No
     def intervals(image, mask, level):
         level = tf.ensure_shape(level, [], name="level")
         _, dist = mixture(image, mask)
-        ends = recalibration_lib.interval(dist, level, recalibration)  # an assertion: 0 < level < 1
-        observed = checks.is_observed(dist.mask)
-        value = tf.cast(flatten_images(image), dist.dtype)
-        return {
-            name: unflatten_images(tf.where(observed, value, end), image_shape)
-            for name, end in zip(("lower", "upper"), ends)
-        }
+        # An assertion: 0 < level < 1.
+        return _interval_outputs(dist, image, level, recalibration, image_shape)
 
     return {
         "serving_default": serving_default,
@@ -252,7 +253,19 @@ def _serving_functions(model, image_shape, diagonal_noise=True, recalibration=No
     }
 
 
-def _tflite_functions(model, image_shape):
+def _interval_outputs(dist, image, level, recalibration, image_shape, elementary=False):
+    """`lower` and `upper` `[B, H, W, C]`: each missing pixel's central `level`
+    interval, observed pixels their value."""
+    ends = recalibration_lib.interval(dist, level, recalibration, elementary=elementary)
+    observed = checks.is_observed(dist.mask)
+    value = tf.cast(flatten_images(image), dist.dtype)
+    return {
+        name: unflatten_images(tf.where(observed, value, end), image_shape)
+        for name, end in zip(("lower", "upper"), ends)
+    }
+
+
+def _tflite_functions(model, image_shape, recalibration=None):
     """The TFLite signatures: no assertions, a `valid` output instead."""
     image_spec, mask_spec = _specs(image_shape)
 
@@ -280,7 +293,25 @@ def _tflite_functions(model, image_shape):
             "valid": valid,
         }
 
-    return {"impute": impute, "log_prob": log_prob}
+    @tf.function(
+        input_signature=[image_spec, mask_spec, tf.TensorSpec([], tf.float32, name="level")]
+    )
+    def intervals(image, mask, level):
+        level_ok = (level > 0.0) & (level < 1.0)  # False for NaN
+        valid = checks.valid_per_example(image, mask) & level_ok  # [B]
+        # A level outside (0, 1) is replaced by 0.5 so that nothing inside
+        # divides by zero; its outputs are NaN anyway.
+        level = tf.where(level_ok, level, 0.5)
+        params = _parameters(model, image, mask)
+        dist = MaskedFactorMixture.from_images(params, mask, image)
+        outputs = _interval_outputs(
+            dist, image, level, recalibration, image_shape, elementary=True
+        )
+        outputs = {key: _nan_unless(valid, value) for key, value in outputs.items()}
+        outputs["valid"] = valid
+        return outputs
+
+    return {"impute": impute, "log_prob": log_prob, "intervals": intervals}
 
 
 def _module(model, functions):

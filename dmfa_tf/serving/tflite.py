@@ -1,8 +1,9 @@
 """TFLite files with builtin ops only: conversion, operator listing, running.
 
-`export_tflite(model, "model.tflite")` writes a file with two signatures,
-`impute` (`imputation`, `variance`, `mixture_weights`, `valid`) and
-`log_prob` (`log_prob`, `valid`) (`dmfa_tf.serving.signatures`), converted
+`export_tflite(model, "model.tflite")` writes a file with three signatures,
+`impute` (`imputation`, `variance`, `mixture_weights`, `valid`), `log_prob`
+(`log_prob`, `valid`) and `intervals` (`lower`, `upper`, `valid`, for a
+`level` input) (`dmfa_tf.serving.signatures`), converted
 with TFLite builtin ops only (no Select TF ops: the small Cholesky
 factorisations are unrolled by `dmfa_tf.core.linalg`). TFLite has no
 assertions, so the input checks become the `valid` output (bool `[B]`), and
@@ -88,8 +89,11 @@ def _check_quantize(quantize):
     return tuple(dict.fromkeys(values))
 
 
-def export_tflite(model, path, quantize=None, image_shape=None, overwrite=False):
-    """Writes a TFLite file with `impute` and `log_prob` signatures, builtin ops only.
+def export_tflite(
+    model, path, quantize=None, image_shape=None, overwrite=False, recalibration=None
+):
+    """Writes a TFLite file with `impute`, `log_prob` and `intervals`
+    signatures, builtin ops only.
 
     Args:
         model: as in `export_saved_model`.
@@ -97,6 +101,8 @@ def export_tflite(model, path, quantize=None, image_shape=None, overwrite=False)
         quantize: None (float32), `"float16"` or `"dynamic_range"`.
         image_shape: `(H, W, C)` for a model without an `image_shape` property.
         overwrite: replace an existing file.
+        recalibration: a `recalibration.Recalibration` for the `intervals`
+            signature (None: the model's own intervals).
 
     Returns:
         `path`.
@@ -115,7 +121,7 @@ def export_tflite(model, path, quantize=None, image_shape=None, overwrite=False)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
     with tempfile.TemporaryDirectory(prefix="dmfa_tflite_") as folder:
-        functions = _tflite_functions(model, image_shape)
+        functions = _tflite_functions(model, image_shape, recalibration)
         with _assertions_off(model):
             signatures = {name: fn.get_concrete_function() for name, fn in functions.items()}
         tf.saved_model.save(_module(model, functions), folder, signatures=signatures)
@@ -203,29 +209,34 @@ def tflite_interpreter(model):
 
 def run_tflite(model, signature, **inputs):
     """Runs one signature of a TFLite model (path, bytes or interpreter) on
-    NumPy inputs; the batch size may be anything, 0 included (a bare LiteRT
-    runner needs at least 1). Returns a dict of arrays."""
+    NumPy inputs (`intervals` also takes `level`, a number); the batch size
+    may be anything, 0 included (a bare LiteRT runner needs at least 1).
+    Returns a dict of arrays."""
     interpreter = model if hasattr(model, "get_signature_runner") else tflite_interpreter(model)
     runner = interpreter.get_signature_runner(signature)
     inputs = {key: np.asarray(value, np.float32) for key, value in inputs.items()}
-    if inputs and all(value.ndim and len(value) == 0 for value in inputs.values()):
+    batched = [value for value in inputs.values() if value.ndim]  # not `level`
+    if batched and all(len(value) == 0 for value in batched):
         # An empty batch crashes the TFLite runtime (its Unpack kernel): run one
         # neutral image (all observed) for the output shapes and return none.
         one = {
             key: (np.ones if key == "mask" else np.zeros)((1,) + value.shape[1:], np.float32)
+            if value.ndim else value
             for key, value in inputs.items()
         }
         return {key: value[:0] for key, value in runner(**one).items()}
     return runner(**inputs)
 
 
-def tflite_parity(saved_model, tflite_file, image, mask):
+def tflite_parity(saved_model, tflite_file, image, mask, level=0.9):
     """Largest absolute differences between a TFLite file and the SavedModel it
     was exported beside, on one batch: `{"imputation", "variance",
-    "mixture_weights", "log_prob"}`."""
+    "mixture_weights", "log_prob", "lower", "upper"}` (the last two: the
+    `intervals` signature at `level`, over the valid images)."""
     loaded = tf.saved_model.load(saved_model) if isinstance(saved_model, str) else saved_model
-    serving = loaded.signatures["serving_default"](image=tf.constant(image), mask=tf.constant(mask))
-    log_prob = loaded.signatures["log_prob"](image=tf.constant(image), mask=tf.constant(mask))
+    image_t, mask_t = tf.constant(image), tf.constant(mask)
+    serving = loaded.signatures["serving_default"](image=image_t, mask=mask_t)
+    log_prob = loaded.signatures["log_prob"](image=image_t, mask=mask_t)
     interpreter = tflite_interpreter(tflite_file)
     impute = run_tflite(interpreter, "impute", image=image, mask=mask)
     scored = run_tflite(interpreter, "log_prob", image=image, mask=mask)
@@ -234,4 +245,11 @@ def tflite_parity(saved_model, tflite_file, image, mask):
         for key in ("imputation", "variance", "mixture_weights")
     }
     errors["log_prob"] = float(np.max(np.abs(scored["log_prob"] - log_prob["log_prob"].numpy())))
+    if "intervals" in interpreter.get_signature_list() and "intervals" in loaded.signatures:
+        saved = loaded.signatures["intervals"](
+            image=image_t, mask=mask_t, level=tf.constant(level, tf.float32)
+        )
+        ends = run_tflite(interpreter, "intervals", image=image, mask=mask, level=level)
+        for key in ("lower", "upper"):
+            errors[key] = float(np.max(np.abs(ends[key] - saved[key].numpy())))
     return errors
