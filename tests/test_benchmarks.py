@@ -1,5 +1,6 @@
 """The benchmark scripts: log_prob end to end on tiny sizes; the chi-squared
-component study on data drawn from a known mixture."""
+component study on data drawn from a known mixture; the colour-basis change of
+variables against a rotation-invariant model."""
 
 import importlib.util
 import json
@@ -215,3 +216,34 @@ def test_chi2_components_on_data_drawn_from_the_mixture():
     assert shares["posterior_draw"]["above_p99"] < 0.025
     assert shares["posterior_draw"]["below_p1"] < 0.025
     assert 0.4 < shares["most_probable"]["above_p99"] < 0.6
+
+
+def test_colour_basis_change_of_variables_is_exact():
+    # The opponent basis is a scaled rotation of each pixel: a full Gaussian,
+    # rotation invariant, must score the same NLL and MSE in both bases once
+    # converted to RGB units (a check of the Jacobian term and of the floor's
+    # scaling); a diagonal Gaussian gains a lot on images whose three channels
+    # are nearly equal.
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location(
+        "colour_basis", SCRIPT.parent / "colour_basis.py")
+    colour = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colour)
+    corners = np.array(np.meshgrid([0, 1], [0, 1], [0, 1])).reshape(3, -1).T.reshape(1, 2, 4, 3)
+    rotated = colour.to_opponent(corners)
+    assert rotated.min() >= 0.0 and rotated.max() <= 1.0
+    np.testing.assert_allclose(colour.from_opponent(rotated), corners, atol=1e-6)
+    rng = np.random.default_rng(0)
+    grey = rng.uniform(0.2, 0.8, size=(500, 6, 6, 1))
+    images = np.clip(grey + rng.normal(0, 0.01, size=(500, 6, 6, 3)), 0, 1).astype(np.float32)
+    results = colour.compare(images[:400], images[400:], "3x3", floor=1e-4,
+                             models=("full_gaussian", "diagonal_gaussian"))
+    found = {(r["model"], r["basis"]): r for r in results}
+    rgb, opp = found["full_gaussian", "rgb"], found["full_gaussian", "opponent"]
+    assert abs(rgb["nll_mean"] - opp["nll_mean"]) < 1e-6 * abs(rgb["nll_mean"])
+    assert abs(rgb["mse"] - opp["mse"]) < 1e-6 * rgb["mse"]
+    # 27 missing values per image, 18 of them colour differences of variance
+    # 1e-4 instead of the grey level's 0.03: tens of nats per image.
+    gain = found["diagonal_gaussian", "rgb"]["nll_mean"] - found["diagonal_gaussian", "opponent"]["nll_mean"]
+    assert gain > 20.0, gain
