@@ -16,8 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def parse_args(argv=None):
     from dmfa_tf.config import (
-        CROPS, DATASET_DEFAULTS, DEQUANTIZE, MFA_INITS, MFA_NOISE_TYPES, MODELS, PRESETS, STRATEGIES,
-        TrainConfig,
+        COLOUR_BASES, CROPS, DATASET_DEFAULTS, DEQUANTIZE, MFA_INITS, MFA_NOISE_TYPES, MODELS,
+        PRESETS, STRATEGIES, TrainConfig,
     )
     from dmfa_tf.models import ARCHITECTURES
 
@@ -32,6 +32,7 @@ def parse_args(argv=None):
         "factor_activation": ["sigmoid", "tanh", "linear"],
         "precision": ["auto", "float32", "mixed_bfloat16"],
         "variance_activation": ["sigmoid", "softplus"],
+        "colour_basis": list(COLOUR_BASES),
         "dequantize": list(DEQUANTIZE),
         "nonfinite": ["error", "absent"],
         "jit_compile": ["auto", "true", "false"],
@@ -69,6 +70,9 @@ def parse_args(argv=None):
         "or linear: A = z, unbounded (no saturated factors)",
         "variance_floor": "smallest variance d (default: linear_heads 1e-10, others 1e-4)",
         "variance_activation": "d = floor + sigmoid(z) or floor + softplus(z)",
+        "colour_basis": "the basis of each pixel's colour values that the diagonal d is in: "
+        "rgb, or opponent (brightness and two colour differences, 3 channels only; "
+        "default: celeb_a opponent, others rgb)",
         "precision": "the backbone's arithmetic: auto (default: mixed_bfloat16 for fullconv and "
         "linear_heads on a machine without GPU whose CPU has bfloat16 instructions, else float32), float32, or "
         "mixed_bfloat16 (bfloat16 layers, float32 weights; the head, the density and "

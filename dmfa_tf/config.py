@@ -35,6 +35,7 @@ DATASET_DEFAULTS = {
     "celeb_a": dict(
         architecture="fullconv", hole="16x16", image_size=32, epochs=30, batch_size=64,
         learning_rate=1e-3, mfa_components=300, mfa_factors=10, objective="nll+mse:0.1",
+        colour_basis="opponent",
     ),
     "svhn_cropped": dict(
         architecture="fullconv", hole="16x16", epochs=20, batch_size=64, learning_rate=1e-3,
@@ -74,8 +75,10 @@ CROPS = ("paper", "aspect")  # as dmfa_tf.data.CROPS
 # Settings of the DMFA network and its training, meaningless for --model=mfa.
 DMFA_ONLY = (
     "architecture", "width", "factor_amplitude", "objective", "objective_switch_epoch",
-    "epochs", "batch_size", "learning_rate",
+    "epochs", "batch_size", "learning_rate", "colour_basis",
 )
+
+COLOUR_BASES = ("rgb", "opponent")  # as dmfa_tf.core.colour.BASES
 
 MODELS = ("dmfa", "mfa")
 MFA_NOISE_TYPES = ("isotropic", "diagonal")  # as dmfa_tf.baselines.mfa.NOISE_TYPES
@@ -147,6 +150,9 @@ class TrainConfig:
     factor_activation: str = "sigmoid"  # "sigmoid" (the paper's), "tanh" or "linear"
     variance_floor: float = None
     variance_activation: str = "sigmoid"
+    # The basis of each pixel's colour values that the diagonal is in: "rgb" or
+    # "opponent" (dmfa_tf.core.colour; default per data set: celeb_a "opponent")
+    colour_basis: str = None
     # The backbone's arithmetic: "auto" (bfloat16 on CPUs that have it, else float32),
     # "float32" or "mixed_bfloat16" (dmfa_tf.models.build_model, resolve_precision)
     precision: str = "auto"
@@ -210,6 +216,7 @@ class TrainConfig:
         values["mask"] = values["mask"] or values["hole"]
         values["test_mask"] = values["test_mask"] or values["mask"]
         values["objective"] = values["objective"] or "nll"
+        values["colour_basis"] = values["colour_basis"] or "rgb"
         if values["train_absent"] is not None:
             values["nonfinite"] = "absent"
         config = TrainConfig(**values)
@@ -225,6 +232,7 @@ class TrainConfig:
         defaults = {"components": 1, "factors": 4, "lr_schedule": "constant",
                     **DATASET_DEFAULTS.get(self.dataset, {})}
         defaults.setdefault("objective", "nll")
+        defaults.setdefault("colour_basis", "rgb")
 
         def given(keys, where):  # set, and not to what resolution fills in (idempotent)
             keys = [k for k in keys if values.get(k) is not None and values[k] != defaults.get(k)]
@@ -279,6 +287,11 @@ class TrainConfig:
         ):
             raise ValueError(
                 f"`image_size` must be a positive integer. Received: image_size={self.image_size!r}"
+            )
+        if self.colour_basis not in COLOUR_BASES:
+            raise ValueError(
+                f"`colour_basis` must be one of {COLOUR_BASES}. "
+                f"Received: colour_basis={self.colour_basis!r}"
             )
         if self.crop not in CROPS:
             raise ValueError(f"`crop` must be one of {CROPS}. Received: crop={self.crop!r}")

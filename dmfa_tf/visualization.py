@@ -64,9 +64,18 @@ def mosaic(path, model, images, masks, baseline=None, baseline_label="baseline",
         return params, np.clip(unflatten_images(dist.imputation(), image_shape).numpy(), 0, 1)
 
     params, imputed = imputation_of(model)
-    loc = np.clip(_best(params, "loc").reshape((-1,) + image_shape), 0, 1)
-    factors = _best(params, "factors")  # [n, N, L]
-    diag = _best(params, "diag").reshape((-1,) + image_shape)
+    loc, factors, diag = (_best(params, key) for key in ("loc", "factors", "diag"))
+    if "basis" in params:  # a colour basis (dmfa_tf.core.colour): shown in RGB
+        q = np.asarray(params["basis"], np.float64)[0]  # [C, C]; x = Q^T y per pixel
+
+        def to_rgb(values, matrix=q):  # [n, N] in the basis -> RGB
+            return (values.reshape(len(values), -1, channels) @ matrix).reshape(values.shape)
+
+        loc = to_rgb(loc)
+        factors = np.stack([to_rgb(factors[..., j]) for j in range(factors.shape[-1])], -1)
+        diag = to_rgb(diag, np.square(q))  # diag(d) in RGB: sum_j Q_jc^2 d_j per coordinate
+    loc = np.clip(loc.reshape((-1,) + image_shape), 0, 1)
+    diag = diag.reshape((-1,) + image_shape)
     num_factors = min(max_factors, factors.shape[-1])
     missing = np.broadcast_to(masks < 0.5, images.shape)
     masked = np.where(missing, 0.5, images)

@@ -53,7 +53,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from dmfa_tf.core import linalg
+from dmfa_tf.core import colour, linalg
 from dmfa_tf.core.checks import ABSENT, MASK_CODES_MESSAGE, MISSING, OBSERVED, is_observed, valid_codes
 
 tfd = tfp.distributions
@@ -127,6 +127,7 @@ class MaskedFactorMixture(tfd.Distribution):
         diag,
         mask,
         observed=None,
+        basis=None,
         validate_args=False,
         allow_nan_stats=True,
         name="MaskedFactorMixture",
@@ -144,6 +145,10 @@ class MaskedFactorMixture(tfd.Distribution):
             observed: optional `[..., N]` values of the observed coordinates,
                 kept in samples, means and imputations. Values at other
                 coordinates are ignored (they may be NaN).
+            basis: optional `[C, C]` or `[..., C, C]` orthonormal colour
+                basis (`dmfa_tf.core.colour`): `logits`, `loc`, `factors` and
+                `diag` then describe each pixel's `C` values rotated by it,
+                and every channel of a pixel must share its mask code.
             validate_args: check at run time that `diag > 0`, that the mask
                 holds only -1, 0 and 1, that parameters and observed values are
                 finite, and that `log_prob`'s scored values are finite.
@@ -166,6 +171,9 @@ class MaskedFactorMixture(tfd.Distribution):
                 None
                 if observed is None
                 else tf.convert_to_tensor(observed, dtype, name="observed")
+            )
+            self._basis = (
+                None if basis is None else tf.convert_to_tensor(basis, dtype, name="basis")
             )
             self._check_static_shapes()
             super().__init__(
@@ -190,6 +198,7 @@ class MaskedFactorMixture(tfd.Distribution):
             ),
             mask=tfp.util.ParameterProperties(event_ndims=1),
             observed=tfp.util.ParameterProperties(event_ndims=1),
+            basis=tfp.util.ParameterProperties(event_ndims=2),
         )
 
     @classmethod
@@ -199,7 +208,8 @@ class MaskedFactorMixture(tfd.Distribution):
         Args:
             params: dict of the network's outputs, `logits [B, K]`,
                 `loc [B, K, N]`, `factors [B, K, N, L]`, `diag [B, K, N]`, with
-                `N = H * W * C` in `[H, W, C]` row-major order.
+                `N = H * W * C` in `[H, W, C]` row-major order, and for a
+                model with a colour basis `basis [B, C, C]`.
             mask: `[B, H, W, 1]` or `[B, H, W, C]` mask (1 / 0 / -1).
             image: optional `[B, H, W, C]` images; their observed pixels are
                 kept in samples, means and imputations.
@@ -213,7 +223,7 @@ class MaskedFactorMixture(tfd.Distribution):
         observed = None if image is None else flatten_images(image)
         return cls(
             params["logits"], loc, params["factors"], params["diag"], flat_mask,
-            observed=observed, **kwargs,
+            observed=observed, basis=params.get("basis"), **kwargs,
         )
 
     # === Properties ===
@@ -241,6 +251,22 @@ class MaskedFactorMixture(tfd.Distribution):
     @property
     def observed(self):
         return self._observed
+
+    @property
+    def basis(self):
+        return self._basis
+
+    def coordinate_marginals(self):
+        """Each coordinate's 1-D marginal under each component, in the
+        coordinates of `x` (rotated back from the basis when there is one):
+        `(mean, variance)`, each `[B, K, N]`."""
+        return colour.coordinate_marginals(self._loc, self._factors, self._diag, self._basis)
+
+    def _in_basis(self, x):
+        return x if self._basis is None else colour.to_basis(x, self._basis)
+
+    def _from_basis(self, y):
+        return y if self._basis is None else colour.from_basis(y, self._basis)
 
     @property
     def num_components(self):
@@ -335,6 +361,8 @@ class MaskedFactorMixture(tfd.Distribution):
                     message="`observed` holds NaN or inf values at observed coordinates.",
                 )
             )
+        if self._basis is not None:
+            assertions.append(colour.assert_pixelwise_mask(self._mask, self._basis))
         return assertions
 
     def _sample_control_dependencies(self, x):
@@ -431,7 +459,7 @@ class MaskedFactorMixture(tfd.Distribution):
 
     def _mahalanobis(self, x, whitened):
         scored, weight, factors, chol, _, _ = whitened
-        residual = tf.expand_dims(x, -2) - self._loc  # [S, B, K, N]
+        residual = tf.expand_dims(self._in_basis(x), -2) - self._loc  # [S, B, K, N]
         residual = tf.where(scored, residual * weight, tf.zeros_like(residual))
         latent = linalg.capacitance_solve(chol, factors, residual)  # [S, B, K, L]: C^-1 A~^T r~
         unexplained = residual - tf.linalg.matvec(factors, latent)  # [S, B, K, N]
@@ -461,13 +489,13 @@ class MaskedFactorMixture(tfd.Distribution):
 
     def _mean(self):
         mean = tf.reduce_sum(self._probs()[..., None] * self._loc, axis=-2)  # [B, N]
-        return self._keep_observed(mean)
+        return self._keep_observed(self._from_basis(mean))
 
     def _variance(self):
         probs = self._probs()[..., None]  # [B, K, 1]
-        mixture_mean = tf.reduce_sum(probs * self._loc, axis=-2, keepdims=True)  # [B, 1, N]
-        component_var = self._diag + tf.reduce_sum(tf.square(self._factors), axis=-1)
-        spread = tf.square(self._loc - mixture_mean)  # [B, K, N]
+        loc, component_var = self.coordinate_marginals()  # [B, K, N] each
+        mixture_mean = tf.reduce_sum(probs * loc, axis=-2, keepdims=True)  # [B, 1, N]
+        spread = tf.square(loc - mixture_mean)  # [B, K, N]
         variance = tf.reduce_sum(probs * (component_var + spread), axis=-2)  # [B, N]
         return self._keep_observed(variance, fill=tf.zeros([], self.dtype))
 
@@ -489,7 +517,7 @@ class MaskedFactorMixture(tfd.Distribution):
                 self.num_components or tf.shape(self._logits)[-1], dtype=self.dtype,
             )  # [B, K]
             values = tf.reduce_sum(best[..., None] * self._loc, axis=-2)  # [B, N]
-            return self._keep_observed(values)
+            return self._keep_observed(self._from_basis(values))
 
     # === Sampling ===
 
@@ -530,7 +558,7 @@ class MaskedFactorMixture(tfd.Distribution):
             )  # [n, B, 1, N]
             components += tf.sqrt(self._diag) * noise
         draws = tf.reduce_sum(one_hot[..., None] * components, axis=-2)  # [n, B, N]
-        return self._keep_observed(draws)
+        return self._keep_observed(self._from_basis(draws))
 
 
 def most_probable_component(logits):

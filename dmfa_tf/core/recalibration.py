@@ -344,7 +344,8 @@ def marginal_cdf(dist, x, elementary=False, upper=False):
 
     Coordinate `i`'s marginal under `dist` is the mixture
     `sum_k w_k N(loc_k[i], diag_k[i] + sum_l factors_k[i, l]^2)`, `w =
-    softmax(logits)`.
+    softmax(logits)` (`dist.coordinate_marginals()`, which rotates them back
+    to RGB when the mixture has a colour basis).
 
     Args:
         dist: a `MaskedFactorMixture` with batch shape `[B]`.
@@ -359,8 +360,8 @@ def marginal_cdf(dist, x, elementary=False, upper=False):
     """
     x = tf.cast(x, dist.dtype)
     probs = tf.math.softmax(dist.logits, axis=-1)  # [B, K]
-    scale = tf.sqrt(dist.diag + tf.reduce_sum(tf.square(dist.factors), axis=-1))  # [B, K, N]
-    z = (tf.expand_dims(x, -2) - dist.loc) / scale  # [B, K, N]
+    loc, variance = dist.coordinate_marginals()  # [B, K, N] each (in RGB with a colour basis)
+    z = (tf.expand_dims(x, -2) - loc) / tf.sqrt(variance)  # [B, K, N]
     cdf = normal_cdf(-z if upper else z, elementary)
     return tf.reduce_sum(tf.expand_dims(probs, -1) * cdf, axis=-2)
 
@@ -380,9 +381,10 @@ def quantile(dist, p, iterations=60, elementary=False, upper=False):
         `[B, N]` values `x` with `F_i(x) = p` (every coordinate; only the
         missing ones mean anything).
     """
-    scale = tf.sqrt(dist.diag + tf.reduce_sum(tf.square(dist.factors), axis=-1))  # [B, K, N]
-    low = tf.reduce_min(dist.loc - 40.0 * scale, axis=-2)
-    high = tf.reduce_max(dist.loc + 40.0 * scale, axis=-2)
+    loc, variance = dist.coordinate_marginals()  # [B, K, N] each
+    scale = tf.sqrt(variance)
+    low = tf.reduce_min(loc - 40.0 * scale, axis=-2)
+    high = tf.reduce_max(loc + 40.0 * scale, axis=-2)
     p = tf.cast(p, dist.dtype)
 
     def halve(step, low, high):

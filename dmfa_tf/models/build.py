@@ -20,6 +20,7 @@ def build_model(
     factor_activation="sigmoid",
     variance_floor=None,
     variance_activation="sigmoid",
+    colour_basis="rgb",
     name=None,
     precision="auto",
     bounded_inputs=True,
@@ -39,6 +40,9 @@ def build_model(
         variance_floor: smallest variance, `d = floor + sigmoid(z)`; None for the
             architecture's default.
         variance_activation: `"sigmoid"` or `"softplus"`.
+        colour_basis: `"rgb"` (default) or `"opponent"` (colour images): the
+            basis of each pixel's values that the mixture's diagonal is in
+            (`dmfa_tf.core.colour`).
         name: the model's name (default `dmfa_<architecture>`).
         precision: `"auto"` (default; `resolve_precision`: bfloat16 for
             `fullconv` and `linear_heads` on CPUs that have it, else float32),
@@ -99,6 +103,7 @@ def build_model(
         factor_activation=factor_activation,
         variance_floor=defaults["variance_floor"] if variance_floor is None else variance_floor,
         variance_activation=variance_activation,
+        colour_basis=colour_basis,
         name="mixture_head",
     )
     outputs = head(features)

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from dmfa_tf.core import colour
 from dmfa_tf.core.checks import check_choice, check_positive_int, input_assertions, is_observed
 
 __all__ = [
@@ -142,10 +143,14 @@ class _MixtureHead(keras.layers.Layer):
         factor_activation="sigmoid",
         variance_floor=1e-4,
         variance_activation="sigmoid",
+        colour_basis="rgb",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.image_shape = _check_image_shape(image_shape)
+        # None for "rgb"; raises for an unknown name or a basis the channels cannot have.
+        self._basis = colour.basis_matrix(colour_basis, self.image_shape[2])
+        self.colour_basis = colour_basis
         check_positive_int(components, "components")
         check_positive_int(factors, "factors")
         check_choice(factor_activation, FACTOR_ACTIVATIONS, "factor_activation")
@@ -168,7 +173,7 @@ class _MixtureHead(keras.layers.Layer):
         self.event_size = height * width * channels
 
     def _finish(self, logits, loc, factors, diag):
-        return {
+        params = {
             "logits": logits,  # [B, K]
             "loc": loc,  # [B, K, N]
             "factors": constrain_factors(
@@ -178,16 +183,28 @@ class _MixtureHead(keras.layers.Layer):
                 diag, self.variance_floor, self.variance_activation
             ),  # [B, K, N]
         }
+        if self._basis is not None:
+            # The colour basis the parameters are in (`dmfa_tf.core.colour`), per image.
+            channels = self.image_shape[2]
+            params["basis"] = ops.broadcast_to(
+                ops.convert_to_tensor(self._basis, "float32"),
+                (ops.shape(logits)[0], channels, channels),
+            )  # [B, C, C]
+        return params
 
     def compute_output_spec(self, features):
         batch = features.shape[0]
         k, n, l = self.components, self.event_size, self.factors
-        return {
+        spec = {
             "logits": keras.KerasTensor((batch, k), dtype=self.compute_dtype),
             "loc": keras.KerasTensor((batch, k, n), dtype=self.compute_dtype),
             "factors": keras.KerasTensor((batch, k, n, l), dtype=self.compute_dtype),
             "diag": keras.KerasTensor((batch, k, n), dtype=self.compute_dtype),
         }
+        if self._basis is not None:
+            channels = self.image_shape[2]
+            spec["basis"] = keras.KerasTensor((batch, channels, channels), dtype="float32")
+        return spec
 
     def get_config(self):
         config = super().get_config()
@@ -199,6 +216,7 @@ class _MixtureHead(keras.layers.Layer):
             factor_activation=self.factor_activation,
             variance_floor=self.variance_floor,
             variance_activation=self.variance_activation,
+            colour_basis=self.colour_basis,
         )
         return config
 
@@ -216,13 +234,18 @@ class DenseMixtureHead(_MixtureHead):
         factor_activation: `"sigmoid"` (the paper's), `"tanh"` or `"linear"`.
         variance_floor: the smallest variance (see `constrain_diag`).
         variance_activation: `"sigmoid"` (the paper's) or `"softplus"`.
+        colour_basis: `"rgb"` (default), or `"opponent"` (3 channels): the
+            parameters describe each pixel's colour values rotated into
+            brightness and two colour differences (`dmfa_tf.core.colour`), so
+            the diagonal gives them their own variances; the output dict then
+            also holds `basis [B, C, C]`.
 
     Input shape:
         `[B, F]` features.
 
     Output shape:
         dict: `logits [B, K]`, `loc [B, K, N]`, `factors [B, K, N, L]`,
-        `diag [B, K, N]`.
+        `diag [B, K, N]`, and `basis [B, C, C]` with a colour basis.
     """
 
     def build(self, features_shape):

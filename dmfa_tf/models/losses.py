@@ -66,6 +66,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+from dmfa_tf.core import colour
 from dmfa_tf.core.distribution import (
     MISSING,
     MaskedFactorMixture,
@@ -107,13 +108,22 @@ def negative_log_likelihood(params, image, mask, validate_args=False):
     return -dist.log_prob(flatten_images(tf.cast(image, dist.dtype)))
 
 
+def _in_basis(params, values):
+    """`[B, N]` values in the colour basis of the parameters, if they have one."""
+    if params.get("basis") is None:
+        return values
+    return colour.to_basis(values, tf.cast(params["basis"], values.dtype))
+
+
 def squared_error(params, image, mask):
     """Per-image sum of squared errors `[B]` of the most probable imputation
     over the missing pixels (the paper's "MSE")."""
     loc = tf.convert_to_tensor(params["loc"])  # [B, K, N]
     best = tf.one_hot(most_probable_component(params["logits"]), tf.shape(loc)[-2], dtype=loc.dtype)
     imputation = tf.reduce_sum(best[..., None] * loc, axis=-2)  # [B, N]
-    target = flatten_images(tf.cast(image, loc.dtype))  # [B, N]
+    # In a colour basis the loc is rotated, and so is the target: a rotation of
+    # each (wholly missing) pixel keeps its squared error.
+    target = _in_basis(params, flatten_images(tf.cast(image, loc.dtype)))  # [B, N]
     missing = flatten_mask(mask, loc.shape[-1]) == MISSING  # [B, N]
     error = tf.where(missing, tf.square(imputation - target), tf.zeros_like(target))
     return tf.reduce_sum(error, axis=-1)
@@ -252,6 +262,7 @@ def objective_loss(objective, params, image, mask):
         stopped = dict(params, loc=tf.stop_gradient(loc))
         dist = MaskedFactorMixture.from_images(stopped, mask)
         target = flatten_images(tf.cast(image, dist.dtype))  # [B, N]
+        target_in_basis = _in_basis(params, target)
         joint = dist.component_log_prob(target) + tf.math.log_softmax(
             tf.cast(params["logits"], dist.dtype), axis=-1
         )  # [B, K]
@@ -261,7 +272,7 @@ def objective_loss(objective, params, image, mask):
         nll = tf.where(has_missing, -tf.reduce_logsumexp(joint, axis=-1), tf.zeros_like(joint[:, 0]))
         responsibilities = tf.stop_gradient(tf.math.softmax(joint, axis=-1))  # [B, K]
         error = tf.where(
-            missing[:, None, :], tf.square(loc - target[:, None, :]), tf.zeros_like(loc)
+            missing[:, None, :], tf.square(loc - target_in_basis[:, None, :]), tf.zeros_like(loc)
         )
         component_se = tf.reduce_sum(error, axis=-1)  # [B, K]
         mean_term = tf.reduce_sum(responsibilities * component_se, axis=-1)

@@ -48,12 +48,13 @@ map.
 import numpy as np
 import tensorflow as tf
 
-from dmfa_tf.core import checks
+from dmfa_tf.core import checks, colour
 from dmfa_tf.core import recalibration as recalibration_lib
 from dmfa_tf.core.distribution import (
     MaskedFactorMixture,
     checked_sample_count,
     flatten_images,
+    flatten_mask,
     unflatten_images,
 )
 
@@ -117,7 +118,18 @@ def _parameters(model, image, mask):
             f"The model must return a dict with {list(PARAMETER_KEYS)}; missing {missing}. "
             f"Received keys: {sorted(params)}"
         )
-    return {key: tf.cast(params[key], tf.float32) for key in PARAMETER_KEYS}
+    # A model in a colour basis (`dmfa_tf.core.colour`) also returns `basis`.
+    keys = PARAMETER_KEYS + (("basis",) if "basis" in params else ())
+    return {key: tf.cast(params[key], tf.float32) for key in keys}
+
+
+def _pixelwise(params, mask):
+    """`[B]` bool: True, or with a colour basis whether each image's mask has
+    one code per pixel (all its channels alike), as the basis needs."""
+    if "basis" not in params:
+        return tf.ones(tf.shape(mask)[:1], tf.bool)
+    flat = flatten_mask(mask, params["loc"].shape[-1])
+    return colour.pixelwise_mask(flat, tf.shape(params["basis"])[-1])
 
 
 def _describe(model, image_shape):
@@ -196,6 +208,12 @@ def _serving_functions(model, image_shape, diagonal_noise=True, recalibration=No
     def mixture(image, mask, scored=False):
         image, mask = _assert_inputs(image, mask, image_shape, scored=scored)
         params = _parameters(model, image, mask)
+        if "basis" in params:
+            tf.debugging.Assert(
+                tf.reduce_all(_pixelwise(params, mask)),
+                ["dmfa_tf: this model's mixture is in a colour basis, so every channel of a "
+                 "pixel must have the same mask value (1, 0 or -1)."],
+            )
         return params, MaskedFactorMixture.from_images(params, mask, image)
 
     @tf.function(input_signature=[image_spec, mask_spec])
@@ -273,6 +291,7 @@ def _tflite_functions(model, image_shape, recalibration=None):
     def impute(image, mask):
         valid = checks.valid_per_example(image, mask)  # [B]
         params = _parameters(model, image, mask)
+        valid = valid & _pixelwise(params, mask)
         dist = MaskedFactorMixture.from_images(params, mask, image)
         outputs = {
             "imputation": unflatten_images(dist.imputation(), image_shape),
@@ -287,6 +306,7 @@ def _tflite_functions(model, image_shape, recalibration=None):
     def log_prob(image, mask):
         valid = checks.valid_per_example(image, mask, scored=True)  # [B]
         params = _parameters(model, image, mask)
+        valid = valid & _pixelwise(params, mask)
         dist = MaskedFactorMixture.from_images(params, mask, image)
         return {
             "log_prob": _nan_unless(valid, dist.log_prob(flatten_images(image))),
@@ -303,6 +323,7 @@ def _tflite_functions(model, image_shape, recalibration=None):
         # divides by zero; its outputs are NaN anyway.
         level = tf.where(level_ok, level, 0.5)
         params = _parameters(model, image, mask)
+        valid = valid & _pixelwise(params, mask)
         dist = MaskedFactorMixture.from_images(params, mask, image)
         outputs = _interval_outputs(
             dist, image, level, recalibration, image_shape, elementary=True

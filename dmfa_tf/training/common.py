@@ -107,6 +107,7 @@ def build_from_config(config, image_shape, bounded_inputs=True, dropout=None):
         factor_activation=config.factor_activation,
         variance_floor=config.variance_floor,
         variance_activation=config.variance_activation,
+        colour_basis=config.colour_basis,
         precision=config.precision,
         bounded_inputs=bounded_inputs,
         **width_kwargs(config.architecture, config.width, dropout),
@@ -130,6 +131,7 @@ def model_record(config, model):
         "components": config.components,
         "factors": config.factors,
         "variance_floor": model.head.variance_floor,
+        "colour_basis": model.head.colour_basis,
         "weights": int(model.count_params()),
         "objective": config.objective,
     }
