@@ -19,10 +19,12 @@ two rows must agree: a check of the change of variables.
 This script fits, on the training images, and scores on the test images with
 the same seeded masks, in both bases: the classical MFA with diagonal noise
 and its exact conditional, the diagonal Gaussian and the full Gaussian.
-`--write-npz` also writes the rotated splits as a `.npz` that `train.py`
-reads, for a DMFA run in the opponent basis (`--variance-floor=3.3333e-5`,
-and the MSE weight of `--objective` times 3, for the same objective in RGB
-units):
+DMFA networks do the same inside the model: `train.py --colour-basis=opponent`
+(the default for celeb_a; `dmfa_tf.core.colour`), without the scaling, with
+everything reported in RGB. `--write-npz` writes the rotated splits as a
+`.npz` that `train.py` reads, the route of the first DMFA study (give it
+`--variance-floor=3.3333e-5` and 3 times the MSE weight of `--objective`, the
+same objective in RGB units):
 
     PYTHONPATH=. python benchmarks/colour_basis.py --data-dir=../shared/data/celeba --hole=16x16
 """
@@ -34,9 +36,10 @@ import time
 
 import numpy as np
 
+from dmfa_tf.core.colour import basis_matrix
+
 # Rows: brightness, red - green, (red + green) - 2 blue; orthonormal.
-OPPONENT = np.array([[1, 1, 1], [1, -1, 0], [1, 1, -2]], np.float64)
-OPPONENT = OPPONENT / np.linalg.norm(OPPONENT, axis=1, keepdims=True)
+OPPONENT = basis_matrix("opponent", 3)
 SCALE = 1.0 / math.sqrt(3.0)  # keeps the rotated values in [0, 1]
 
 

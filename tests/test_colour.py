@@ -132,6 +132,10 @@ def test_named_bases_and_bad_masks():
     mask[0, 1] = 1.0 - mask[0, 1]  # channel 1 of pixel 0 differs from its channel 0
     with pytest.raises(tf.errors.InvalidArgumentError, match="same mask code"):
         MaskedFactorMixture(**params, mask=mask, basis=q, validate_args=True).log_prob(x)
+    # from_images, eager: refused even without validate_args.
+    batched = {**params, "basis": np.broadcast_to(q, (len(x), 3, 3))}
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same mask code"):
+        MaskedFactorMixture.from_images(batched, mask.reshape(len(x), PIXELS, 1, CHANNELS))
 
 
 # === A network with a colour basis ===

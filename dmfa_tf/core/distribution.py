@@ -220,6 +220,8 @@ class MaskedFactorMixture(tfd.Distribution):
         """
         loc = tf.convert_to_tensor(params["loc"])
         flat_mask = flatten_mask(mask, loc.shape[-1])
+        if params.get("basis") is not None and tf.executing_eagerly():
+            colour.assert_pixelwise_mask(flat_mask, params["basis"])  # raises now
         observed = None if image is None else flatten_images(image)
         return cls(
             params["logits"], loc, params["factors"], params["diag"], flat_mask,
