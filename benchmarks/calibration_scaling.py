@@ -49,6 +49,7 @@ def main(argv=None):
 
     from dmfa_tf import data as datasets
     from dmfa_tf import evaluation
+    from dmfa_tf.core import colour
     from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images
 
     path = args.model
@@ -63,6 +64,8 @@ def main(argv=None):
         batch = images[start:start + 64]
         full_mask = np.broadcast_to(mask[start:start + 64], batch.shape[:-1] + mask.shape[-1:])
         out = model({"image": batch, "mask": full_mask.astype(np.float32)}, training=False)
+        if "basis" in out:  # a colour basis (dmfa_tf.core.colour): the same for every image
+            parts.setdefault("basis", [])
         for key in parts:
             parts[key].append(tf.cast(out[key], tf.float64).numpy())
     params = {key: np.concatenate(value) for key, value in parts.items()}
@@ -75,7 +78,8 @@ def main(argv=None):
         return MaskedFactorMixture.from_images(
             dict(logits=params["logits"][rows], loc=params["loc"][rows],
                  factors=params["factors"][rows] * tf.exp(log_alpha)[None, :, None, :],
-                 diag=params["diag"][rows] * tf.exp(log_beta)[None, :, None]),
+                 diag=params["diag"][rows] * tf.exp(log_beta)[None, :, None],
+                 **({"basis": params["basis"][rows]} if "basis" in params else {})),
             mask[rows].astype(np.float64),
         )
 
@@ -85,7 +89,10 @@ def main(argv=None):
         pit = evaluation.marginal_cdf(dist, values[rows]).numpy()
         missing = (np.broadcast_to(mask[rows], images[rows].shape).reshape(len(pit), -1) == 0)
         pit = pit[missing]
-        factor_var = np.sum(np.square(dist.factors.numpy()), -1)  # [B, K, N]
+        # The factors' share of each RGB value's variance [B, K, N] (rotated back
+        # from a colour basis when there is one).
+        factor_var = colour.coordinate_marginals(
+            dist.loc, dist.factors, tf.zeros_like(dist.diag), dist.basis)[1].numpy()
         best = np.argmax(params["logits"][rows], -1)
         pick = lambda a: np.take_along_axis(a, best[:, None, None], 1)[:, 0]  # noqa: E731
         error = np.square(values[rows] - pick(params["loc"][rows]))[missing]
