@@ -93,15 +93,17 @@ def main(argv=None):
         # from a colour basis when there is one).
         factor_var = colour.coordinate_marginals(
             dist.loc, dist.factors, tf.zeros_like(dist.diag), dist.basis)[1].numpy()
+        diag = colour.coordinate_marginals(
+            dist.loc, tf.zeros_like(dist.factors), dist.diag, dist.basis)[1].numpy()
         best = np.argmax(params["logits"][rows], -1)
         pick = lambda a: np.take_along_axis(a, best[:, None, None], 1)[:, 0]  # noqa: E731
-        error = np.square(values[rows] - pick(params["loc"][rows]))[missing]
+        error = np.square(values[rows] - dist.imputation().numpy())[missing]
         return {
             "nll": float(np.mean(nll)),
             "coverage_50": float(np.mean(np.abs(pit - 0.5) < 0.25)),
             "coverage_90": float(np.mean(np.abs(pit - 0.5) < 0.45)),
             "median_factor_variance": float(np.median(pick(factor_var)[missing])),
-            "median_diag": float(np.median(pick(dist.diag.numpy())[missing])),
+            "median_diag": float(np.median(pick(diag)[missing])),
             "mean_squared_error": float(np.mean(error)),
             "median_squared_error": float(np.median(error)),
         }

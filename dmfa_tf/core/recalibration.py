@@ -178,7 +178,7 @@ class Recalibration:
         if self.groups == 1:
             return tf.zeros(shape, tf.int32)
         sd = tf.reshape(tf.convert_to_tensor(sd), [-1, 1])
-        bounds = tf.constant(self.sd_bounds, sd.dtype)
+        bounds = _unquantized_constant(self.sd_bounds, sd.dtype)
         # searchsorted(bounds, sd, side="right") = the number of bounds <= sd,
         # counted with TFLite builtins (searchsorted is not one).
         return tf.reshape(tf.reduce_sum(tf.cast(bounds <= sd, tf.int32), axis=-1), shape)
@@ -221,7 +221,7 @@ class Recalibration:
         however close to 1 the level is. TFLite builtin operators only."""
         p = tf.clip_by_value(tf.convert_to_tensor(p), 0.0, 1.0)
         shape = tf.shape(p)
-        cdfs = tf.constant(self.cdfs, p.dtype)  # [G, bins + 1]
+        cdfs = _unquantized_constant(self.cdfs, p.dtype)  # [G, bins + 1]
         levels = tf.tile(tf.reshape(p, [1, -1]), [self.groups, 1])  # [G, n]
 
         def crossing(side, flat):
@@ -258,6 +258,16 @@ class Recalibration:
             return cls(content["cdfs"], content.get("sd_bounds", ()), content.get("fitted_on"))
         except (KeyError, TypeError) as error:
             raise ValueError(f"Not a recalibration: {error!r}") from None
+
+
+def _unquantized_constant(values, dtype, scale=2.0**26):
+    """A float constant stored as int32 multiples of `1 / scale` (`|values| <
+    32`, steps of 1.5e-8) and converted in the graph: a TFLite converter that
+    quantises float weights (float16, dynamic range) leaves integers alone, so
+    a quantised file keeps the map exact."""
+    values = np.asarray(values, np.float64)
+    stored = tf.constant(np.round(values * scale).astype(np.int32))
+    return tf.cast(stored, dtype) / tf.constant(scale, dtype)
 
 
 def _cdf(counts):
