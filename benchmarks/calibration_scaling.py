@@ -25,7 +25,6 @@ Usage, from the repository root:
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -48,7 +47,7 @@ def main(argv=None):
     import tensorflow as tf
 
     from dmfa_tf import data as datasets
-    from dmfa_tf import evaluation
+    from dmfa_tf import evaluation, files
     from dmfa_tf.core import colour
     from dmfa_tf.core.distribution import MaskedFactorMixture, flatten_images
 
@@ -142,8 +141,7 @@ def main(argv=None):
     print(f"  squared error per missing value: mean {before['mean_squared_error']:.4f}, "
           f"median {before['median_squared_error']:.4f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        files.write_json(args.json, result)
     return result
 
 

@@ -15,12 +15,12 @@ values `evaluate.py` uses:
 """
 
 import argparse
-import json
 
 import numpy as np
 import tensorflow as tf
 from scipy import stats
 
+from dmfa_tf import files
 from dmfa_tf.core.distribution import flatten_images
 
 
@@ -97,8 +97,7 @@ def main(argv=None):
               f"below the 1st percentile {100 * shares['below_p1']:.1f}%, above the 99th "
               f"{100 * shares['above_p99']:.1f}%")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+        files.write_json(args.json, summary)
     return summary
 
 

@@ -30,12 +30,12 @@ same objective in RGB units):
 """
 
 import argparse
-import json
 import math
 import time
 
 import numpy as np
 
+from dmfa_tf import files
 from dmfa_tf.core.colour import basis_matrix
 
 # Rows: brightness, red - green, (red + green) - 2 blue; orthonormal.
@@ -135,8 +135,7 @@ def main(argv=None):
         print(f"| {label.replace('_', ' ')} | {r['basis']} | {r['nll_mean']:.2f} / "
               f"{r['nll_median']:.2f} | {r['mse']:.2f} | {r['seconds']:.0f} |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"hole": args.hole, "results": results}, f, indent=2)
+        files.write_json(args.json, {"hole": args.hole, "results": results})
     return results
 
 

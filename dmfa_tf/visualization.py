@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from dmfa_tf import files
+from dmfa_tf.core import colour
 from dmfa_tf.core.distribution import (
     MaskedFactorMixture,
     flatten_mask,
@@ -66,14 +67,10 @@ def mosaic(path, model, images, masks, baseline=None, baseline_label="baseline",
     params, imputed = imputation_of(model)
     loc, factors, diag = (_best(params, key) for key in ("loc", "factors", "diag"))
     if "basis" in params:  # a colour basis (dmfa_tf.core.colour): shown in RGB
-        q = np.asarray(params["basis"], np.float64)[0]  # [C, C]; x = Q^T y per pixel
-
-        def to_rgb(values, matrix=q):  # [n, N] in the basis -> RGB
-            return (values.reshape(len(values), -1, channels) @ matrix).reshape(values.shape)
-
-        loc = to_rgb(loc)
-        factors = np.stack([to_rgb(factors[..., j]) for j in range(factors.shape[-1])], -1)
-        diag = to_rgb(diag, np.square(q))  # diag(d) in RGB: sum_j Q_jc^2 d_j per coordinate
+        q = tf.convert_to_tensor(params["basis"])[0]  # [C, C], the same for every image
+        loc = colour.from_basis(loc, q).numpy()
+        factors = np.swapaxes(colour.from_basis(np.swapaxes(factors, -1, -2), q).numpy(), -1, -2)
+        diag = colour.from_basis(diag, tf.square(q)).numpy()  # diag(d) in RGB: sum_j Q_jc^2 d_j
     loc = np.clip(loc.reshape((-1,) + image_shape), 0, 1)
     diag = diag.reshape((-1,) + image_shape)
     num_factors = min(max_factors, factors.shape[-1])
