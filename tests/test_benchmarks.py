@@ -247,3 +247,62 @@ def test_colour_basis_change_of_variables_is_exact():
     # 1e-4 instead of the grey level's 0.03: tens of nats per image.
     gain = found["diagonal_gaussian", "rgb"]["nll_mean"] - found["diagonal_gaussian", "opponent"]["nll_mean"]
     assert gain > 20.0, gain
+
+
+def test_gaussian_gap_terms_against_dense_references():
+    # block_terms against SciPy's multivariate normal on a sub-block; compare()
+    # on a tiny image against dense references: the Gaussian's "all" NLL is
+    # the FullGaussian's own conditional NLL, the DMFA's is the dense NLL of
+    # its most probable component (an orthonormal rotation changes neither),
+    # and an RGB model's brightness marginal is that of its rotated component.
+    import numpy as np
+    from scipy import stats
+
+    from dmfa_tf.baselines.gaussian import FullGaussian
+    from dmfa_tf.core import colour
+
+    spec = importlib.util.spec_from_file_location("gaussian_gap", SCRIPT.parent / "gaussian_gap.py")
+    gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gap)
+    rng = np.random.default_rng(0)
+    root = rng.normal(size=(9, 9))
+    covariance = root @ root.T + 0.5 * np.eye(9)
+    residual = rng.normal(size=9)
+    index = np.array([1, 4, 5, 8])
+    nll, half_log_det, mahalanobis = gap.block_terms(covariance, residual, index)
+    block = covariance[np.ix_(index, index)]
+    assert abs(nll + stats.multivariate_normal(np.zeros(4), block).logpdf(residual[index])) < 1e-10
+    assert abs(half_log_det - 0.5 * np.linalg.slogdet(block)[1]) < 1e-10
+    assert abs(mahalanobis - residual[index] @ np.linalg.solve(block, residual[index])) < 1e-10
+    sets = gap.channel_sets(6, 3)
+    assert [list(sets[k]) for k in ("all", "brightness", "colour")] == [
+        [0, 1, 2, 3, 4, 5], [0, 3], [1, 2, 4, 5]]
+
+    train = rng.uniform(size=(200, 2, 2, 3))
+    train[..., 1:] = 0.7 * train[..., :1] + 0.3 * train[..., 1:]
+    gaussian = FullGaussian.fit(train, regularization=1e-3)
+    image = rng.uniform(size=12)
+    mask = np.array([1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0])  # pixels 1 and 3 missing
+    k_, n, l_ = 2, 12, 2
+    params = {"logits": np.array([0.1, 0.7]), "loc": rng.uniform(size=(k_, n)),
+              "factors": rng.normal(scale=0.2, size=(k_, n, l_)),
+              "diag": rng.uniform(0.01, 0.05, size=(k_, n))}
+    basis = np.asarray(colour.basis_matrix("opponent", 3), np.float64)
+    out = gap.compare(gaussian, params, image, mask, basis, params_in_basis=False)
+    missing = np.flatnonzero(mask == 0)
+    reference = gaussian.predict_missing(image[None], mask[None])
+    assert abs(out["all"]["gaussian"][0] + reference["log_prob"][0]) < 1e-8
+    factors = params["factors"][1][missing]
+    dense = stats.multivariate_normal(params["loc"][1][missing],
+                                      factors @ factors.T + np.diag(params["diag"][1][missing]))
+    assert abs(out["all"]["dmfa"][0] + dense.logpdf(image[missing])) < 1e-8
+    # The brightness values' marginal, densely: rotate the RGB component.
+    rotation = np.kron(np.eye(2), basis)
+    rotated = stats.multivariate_normal(rotation @ params["loc"][1][missing],
+                                        rotation @ dense.cov @ rotation.T)
+    bright = stats.multivariate_normal(rotated.mean[[0, 3]], rotated.cov[np.ix_([0, 3], [0, 3])])
+    assert abs(out["brightness"]["dmfa"][0] + bright.logpdf((rotation @ image[missing])[[0, 3]])) < 1e-8
+    # A colour-basis model: the same parameters read as opponent values.
+    inside = gap.compare(gaussian, params, image, mask, basis, params_in_basis=True)
+    assert abs(inside["all"]["dmfa"][0] + dense.logpdf(rotation @ image[missing])) < 1e-8
+    assert inside["colour"]["gaussian"] == out["colour"]["gaussian"]
