@@ -12,7 +12,8 @@ those values). Each NLL is split into its two terms,
 
 so a gap from a too-broad covariance (log det) is told apart from one from a
 misplaced mean or a too-narrow covariance (Mahalanobis; |I| on average when the
-model is right):
+model is right). The squared error of each mean on those coordinates is printed
+beside them:
 
     PYTHONPATH=. python benchmarks/gaussian_gap.py --model=saved_models/celeb_a --hole=16x16
 """
@@ -27,14 +28,16 @@ _LOG_TWO_PI = float(np.log(2.0 * np.pi))
 
 
 def block_terms(covariance, residual, index):
-    """`(nll, half_log_det, mahalanobis)` of the Gaussian marginal of the
-    coordinates `index` of `N(mean, covariance)` at `mean + residual`."""
+    """`(nll, half_log_det, mahalanobis, squared_error)` of the Gaussian
+    marginal of the coordinates `index` of `N(mean, covariance)` at
+    `mean + residual`; the last is `|residual[index]|^2`, the mean's error."""
     block = covariance[np.ix_(index, index)]
     chol = np.linalg.cholesky(block)
     whitened = np.linalg.solve(chol, residual[index])
     half_log_det = float(np.sum(np.log(np.diag(chol))))
     mahalanobis = float(whitened @ whitened)
-    return half_log_det + 0.5 * mahalanobis + 0.5 * len(index) * _LOG_TWO_PI, half_log_det, mahalanobis
+    nll = half_log_det + 0.5 * mahalanobis + 0.5 * len(index) * _LOG_TWO_PI
+    return nll, half_log_det, mahalanobis, float(residual[index] @ residual[index])
 
 
 def channel_sets(size, channels):
@@ -124,15 +127,18 @@ def main(argv=None):
     for name in rows[0]:
         results[name] = {"coordinates": len(sets[name])}  # of the first image
         for who in ("dmfa", "gaussian"):
-            terms = np.array([row[name][who] for row in rows])  # [images, 3]
+            terms = np.array([row[name][who] for row in rows])  # [images, 4]
             results[name][who] = {"nll": float(terms[:, 0].mean()),
                                   "half_log_det": float(terms[:, 1].mean()),
-                                  "mahalanobis": float(terms[:, 2].mean())}
+                                  "mahalanobis": float(terms[:, 2].mean()),
+                                  "squared_error": float(terms[:, 3].mean())}
         print(f"{name:10s} ({results[name]['coordinates']} values): NLL DMFA "
               f"{results[name]['dmfa']['nll']:9.2f}, Gaussian {results[name]['gaussian']['nll']:9.2f}; "
               f"half log det {results[name]['dmfa']['half_log_det']:9.2f} / "
               f"{results[name]['gaussian']['half_log_det']:9.2f}; Mahalanobis "
-              f"{results[name]['dmfa']['mahalanobis']:8.2f} / {results[name]['gaussian']['mahalanobis']:8.2f}")
+              f"{results[name]['dmfa']['mahalanobis']:8.2f} / {results[name]['gaussian']['mahalanobis']:8.2f}; "
+              f"squared error {results[name]['dmfa']['squared_error']:.3f} / "
+              f"{results[name]['gaussian']['squared_error']:.3f}")
     summary = {"model": args.model, "hole": args.hole, "split": args.split, "images": len(rows),
                "basis": basis.tolist(), "results": results}
     if args.json:

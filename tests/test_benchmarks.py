@@ -269,7 +269,8 @@ def test_gaussian_gap_terms_against_dense_references():
     covariance = root @ root.T + 0.5 * np.eye(9)
     residual = rng.normal(size=9)
     index = np.array([1, 4, 5, 8])
-    nll, half_log_det, mahalanobis = gap.block_terms(covariance, residual, index)
+    nll, half_log_det, mahalanobis, squared = gap.block_terms(covariance, residual, index)
+    assert abs(squared - np.sum(residual[[1, 4, 5, 8]] ** 2)) < 1e-12
     block = covariance[np.ix_(index, index)]
     assert abs(nll + stats.multivariate_normal(np.zeros(4), block).logpdf(residual[index])) < 1e-10
     assert abs(half_log_det - 0.5 * np.linalg.slogdet(block)[1]) < 1e-10
@@ -296,6 +297,8 @@ def test_gaussian_gap_terms_against_dense_references():
     dense = stats.multivariate_normal(params["loc"][1][missing],
                                       factors @ factors.T + np.diag(params["diag"][1][missing]))
     assert abs(out["all"]["dmfa"][0] + dense.logpdf(image[missing])) < 1e-8
+    assert abs(out["all"]["dmfa"][3] - np.sum((image[missing] - dense.mean) ** 2)) < 1e-10
+    assert abs(out["all"]["gaussian"][3] - np.sum((image - reference["imputation"][0])[missing] ** 2)) < 1e-10
     # The brightness values' marginal, densely: rotate the RGB component.
     rotation = np.kron(np.eye(2), basis)
     rotated = stats.multivariate_normal(rotation @ params["loc"][1][missing],
