@@ -66,7 +66,7 @@ def compare(gaussian, params, image, mask, basis, params_in_basis=True):
     """
     channels = basis.shape[0]
     missing = np.flatnonzero(mask == 0)
-    _, _, mean, chol, _ = gaussian._conditional(image, mask)
+    _, mean, chol = gaussian.conditional(image, mask)
     rotation = np.kron(np.eye(len(missing) // channels), basis)
     chol_inverse = np.linalg.inv(chol)
     covariance_g = rotation @ (chol_inverse.T @ chol_inverse) @ rotation.T
