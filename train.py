@@ -63,7 +63,7 @@ def parse_args(argv=None):
         "dropout:R, each cell missing with probability R (default dropout:0.2)",
         "test_mask": "validation and test mask spec (default: the training mask)",
         "epochs": "epochs (default per data set)",
-        "batch_size": "global batch size (default 64)",
+        "batch_size": "global batch size (default 64; celeb_a 16)",
         "learning_rate": "Adam learning rate (default 1e-3)",
         "factor_amplitude": "a in A = a*sigmoid(z) - a/2 (default per architecture)",
         "factor_activation": "A = a*sigmoid(z) - a/2 (the paper's, default), a/2*tanh(z), "

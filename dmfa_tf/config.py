@@ -31,9 +31,11 @@ DATASET_DEFAULTS = {
         mfa_components=50, mfa_factors=6,
     ),
     # CelebA 32x32 as in the paper (resize 60, centre crop 32, one 16x16 hole);
-    # --image-size=64 is its 64x64 variant (give it --hole=32x32).
+    # --image-size=64 is its 64x64 variant (give it --hole=32x32). Batch 16: the
+    # subset's 4,560 faces give few steps per epoch, and at equal CPU time batch
+    # 16 beat 64 by 180 nats of validation NLL (README, "Batch size").
     "celeb_a": dict(
-        architecture="fullconv", hole="16x16", image_size=32, epochs=30, batch_size=64,
+        architecture="fullconv", hole="16x16", image_size=32, epochs=30, batch_size=16,
         learning_rate=1e-3, mfa_components=300, mfa_factors=10, objective="nll+mse:0.1",
         colour_basis="opponent",
     ),

@@ -686,6 +686,12 @@ def test_cli_objective_and_selection_flags():
     assert resolved == {"digits": "nll", "mnist": "nll+mse:1", "fashion_mnist": "nll",
                         "celeb_a": "nll+mse:0.1"}
     assert TrainConfig(dataset="mnist", objective="nll").resolved().objective == "nll"
+    # Batch 16 on CelebA (the README's batch-size study), 64 elsewhere; a flag overrides it.
+    batches = {name: TrainConfig(dataset=name).resolved().batch_size
+               for name in ("digits", "mnist", "fashion_mnist", "celeb_a")}
+    assert batches == {"digits": 64, "mnist": 64, "fashion_mnist": 64, "celeb_a": 16}
+    assert TrainConfig(dataset="celeb_a", batch_size=64).resolved().batch_size == 64
+    assert train.parse_args(["--dataset=celeb_a"])[0].resolved().batch_size == 16
 
 
 @pytest.mark.slow
