@@ -69,11 +69,7 @@ def main(argv=None):
     from dmfa_tf.data import dequantization
 
     model = saving.load(args.model)
-    config = saving.load_config(args.model)
-    sources = data.load_sources(
-        config["dataset"], config.get("data_dir"), image_size=config.get("image_size"),
-        splits=(args.split,), verbose=0,
-    )
+    sources = data.load_model_sources(saving.load_config(args.model), splits=(args.split,))
     source = getattr(sources, args.split).take(args.images)
     images = source.to_float_array()
     masks = evaluation.seeded_masks(images, args.hole, seed=args.seed)

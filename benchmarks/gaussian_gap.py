@@ -25,6 +25,7 @@ import numpy as np
 from dmfa_tf import files
 
 _LOG_TWO_PI = float(np.log(2.0 * np.pi))
+TERMS = ("nll", "half_log_det", "mahalanobis", "squared_error")  # block_terms' order
 
 
 def block_terms(covariance, residual, index):
@@ -101,11 +102,7 @@ def main(argv=None):
     from dmfa_tf.core import colour
 
     model = saving.load(args.model)
-    config = saving.load_config(args.model)
-    sources = data.load_sources(
-        config["dataset"], config.get("data_dir"), image_size=config.get("image_size"),
-        splits=("train", args.split), verbose=0,
-    )
+    sources = data.load_model_sources(saving.load_config(args.model), splits=("train", args.split))
     train = sources.train.to_float_array()
     if train.shape[-1] != 3:
         raise ValueError(f"The gap study splits colour values; {args.model!r} has "
@@ -127,11 +124,8 @@ def main(argv=None):
     for name in rows[0]:
         results[name] = {"coordinates": len(sets[name])}  # of the first image
         for who in ("dmfa", "gaussian"):
-            terms = np.array([row[name][who] for row in rows])  # [images, 4]
-            results[name][who] = {"nll": float(terms[:, 0].mean()),
-                                  "half_log_det": float(terms[:, 1].mean()),
-                                  "mahalanobis": float(terms[:, 2].mean()),
-                                  "squared_error": float(terms[:, 3].mean())}
+            means = np.mean([row[name][who] for row in rows], axis=0)  # over images
+            results[name][who] = {term: float(mean) for term, mean in zip(TERMS, means)}
         print(f"{name:10s} ({results[name]['coordinates']} values): NLL DMFA "
               f"{results[name]['dmfa']['nll']:9.2f}, Gaussian {results[name]['gaussian']['nll']:9.2f}; "
               f"half log det {results[name]['dmfa']['half_log_det']:9.2f} / "

@@ -103,6 +103,30 @@ def test_photo_folder_streams_from_a_memory_mapped_cache_or_the_files(photo_fold
     assert os.listdir(cache) == [name]
 
 
+def test_a_models_own_data_are_loaded_as_its_config_names_them(photo_folder, tmp_path,
+                                                               monkeypatch):
+    """`load_model_sources` passes the config's size and crop (benchmarks score
+    a saved model on its own faces with it)."""
+    from PIL import Image
+
+    monkeypatch.setenv(data_cache.CACHE_ENV, str(tmp_path / "cache"))
+    config = {"dataset": "celeb_a", "data_dir": str(photo_folder), "image_size": 8,
+              "crop": "aspect"}
+    loaded = datasets.load_model_sources(config, splits=("test",))
+    assert loaded.train is None and loaded.val is None
+    test = loaded.test.to_array()
+    assert test.shape == (3, 8, 8, 3)
+    # The aspect crop by hand: the centre 178x178 square of photo 10, then 8x8.
+    photo = Image.open(photo_folder / "img_align_celeba" / "000010.jpg").convert("RGB")
+    square = photo.crop((0, 20, 178, 198)).resize((8, 8), Image.BILINEAR, reducing_gap=None)
+    assert np.abs(test[0].astype(int) - np.asarray(square).astype(int)).max() <= 2
+    paper = datasets.load_model_sources(dict(config, crop=None), splits=("test",))
+    assert np.abs(paper.test.to_array()[0].astype(int) - test[0].astype(int)).max() > 20
+    for bad in ({}, None, {"data_dir": str(photo_folder)}):
+        with pytest.raises(ValueError, match="names no data set"):
+            datasets.load_model_sources(bad)
+
+
 @pytest.mark.parametrize("damage", ["not-an-image", "truncated"])
 def test_a_photo_that_cannot_be_decoded_is_named(photo_folder, tmp_path, damage):
     folder = tmp_path / "img_align_celeba"

@@ -55,7 +55,7 @@ The modules, each importing only those above it:
 - `idx`: IDX files and scikit-learn's digits; `npz`: `.npz` files;
   `photos`: CelebA's photo folder and partition file.
 - `tfds`: reading TFDS-prepared data sets; `prepare`: preparing them offline.
-- `loading`: `load` and `load_sources`; `cli`: the command line.
+- `loading`: `load`, `load_sources` and `load_model_sources`; `cli`: the command line.
 """
 
 from dmfa_tf.data import dequantization, sources, tables
@@ -71,7 +71,7 @@ from dmfa_tf.data.common import (
     validation_size,
 )
 from dmfa_tf.data.idx import IDX_FILES, read_idx
-from dmfa_tf.data.loading import load, load_sources
+from dmfa_tf.data.loading import load, load_model_sources, load_sources
 from dmfa_tf.data.photos import (
     IMAGE_EXTENSIONS,
     PAPER_RESIZE_RATIO,
@@ -100,6 +100,7 @@ __all__ = [
     "cache_path",
     "dequantization",
     "load",
+    "load_model_sources",
     "load_sources",
     "main",
     "prepare_tfds",

@@ -22,7 +22,7 @@ from dmfa_tf.data.common import (
     _check_splits,
 )
 
-__all__ = ["load", "load_sources"]
+__all__ = ["load", "load_sources", "load_model_sources"]
 
 
 def load(
@@ -116,6 +116,27 @@ def load_sources(
         if not wanted:
             fields[f"{split}_labels"] = None
     return dataclasses.replace(result, **fields)
+
+
+def load_model_sources(config, splits=SPLITS, verbose=0):
+    """`load_sources` for the data a saved model was trained on, as its
+    `config.json` names them: the data set, `data_dir`, image size and crop.
+
+    Args:
+        config: the model's config dict (`dmfa_tf.saving.load_config`).
+        splits: the splits wanted (see `load`).
+        verbose: 1 shows a progress bar for long decodes, 0 nothing.
+
+    Raises:
+        ValueError: `config` is empty or names no data set.
+    """
+    if not config or not config.get("dataset"):
+        raise ValueError("The model's config.json names no data set (key 'dataset'); "
+                         f"got {sorted(config or {})}.")
+    return load_sources(
+        config["dataset"], config.get("data_dir"), image_size=config.get("image_size"),
+        crop=config.get("crop") or "paper", verbose=verbose, splits=splits,
+    )
 
 
 def _load(name, data_dir, image_size, crop, download, cache, verbose, need_train, stream=False):
