@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def parse_args(argv=None):
     from dmfa_tf.config import (
         COLOUR_BASES, CROPS, DATASET_DEFAULTS, DEQUANTIZE, MFA_INITS, MFA_NOISE_TYPES, MODELS,
-        PRESETS, STRATEGIES, TrainConfig,
+        PRESETS, STANDARDIZE, STRATEGIES, TrainConfig,
     )
     from dmfa_tf.models import ARCHITECTURES
 
@@ -33,6 +33,7 @@ def parse_args(argv=None):
         "precision": ["auto", "float32", "mixed_bfloat16"],
         "variance_activation": ["sigmoid", "softplus"],
         "colour_basis": list(COLOUR_BASES),
+        "standardize": list(STANDARDIZE),
         "dequantize": list(DEQUANTIZE),
         "nonfinite": ["error", "absent"],
         "jit_compile": ["auto", "true", "false"],
@@ -73,6 +74,9 @@ def parse_args(argv=None):
         "colour_basis": "the basis of each pixel's colour values that the diagonal d is in: "
         "rgb, or opponent (brightness and two colour differences, 3 channels only; "
         "default: celeb_a opponent, others rgb)",
+        "standardize": "on: the network sees each channel of --colour-basis standardised by "
+        "the first 2,000 training images' mean and standard deviation (default: celeb_a on, "
+        "others off)",
         "precision": "the backbone's arithmetic: auto (default: mixed_bfloat16 for fullconv and "
         "linear_heads on a machine without GPU whose CPU has bfloat16 instructions, else float32), float32, or "
         "mixed_bfloat16 (bfloat16 layers, float32 weights; the head, the density and "

@@ -37,7 +37,7 @@ DATASET_DEFAULTS = {
     "celeb_a": dict(
         architecture="fullconv", hole="16x16", image_size=32, epochs=30, batch_size=16,
         learning_rate=1e-3, mfa_components=300, mfa_factors=10, objective="nll+mse:0.1",
-        colour_basis="opponent",
+        colour_basis="opponent", standardize="on",
     ),
     "svhn_cropped": dict(
         architecture="fullconv", hole="16x16", epochs=20, batch_size=64, learning_rate=1e-3,
@@ -70,17 +70,22 @@ for _name in TABULAR_DATASETS:
 # Settings of tables only; images take their split from the data set.
 TABLE_ONLY = ("val_fraction", "test_fraction", "dropout")
 # Settings of images only.
-IMAGE_ONLY = ("image_size", "hole", "mfa_components", "mfa_factors", "train_absent")
+IMAGE_ONLY = (
+    "image_size", "hole", "mfa_components", "mfa_factors", "train_absent", "standardize",
+)
 
 CROPS = ("paper", "aspect")  # as dmfa_tf.data.CROPS
 
 # Settings of the DMFA network and its training, meaningless for --model=mfa.
 DMFA_ONLY = (
     "architecture", "width", "factor_amplitude", "objective", "objective_switch_epoch",
-    "epochs", "batch_size", "learning_rate", "colour_basis",
+    "epochs", "batch_size", "learning_rate", "colour_basis", "standardize",
 )
 
 COLOUR_BASES = ("rgb", "opponent")  # as dmfa_tf.core.colour.BASES
+STANDARDIZE = ("off", "on")
+# Training images the input standardisation's statistics are computed on (the first ones).
+STANDARDIZE_IMAGES = 2000
 
 MODELS = ("dmfa", "mfa")
 MFA_NOISE_TYPES = ("isotropic", "diagonal")  # as dmfa_tf.baselines.mfa.NOISE_TYPES
@@ -155,6 +160,10 @@ class TrainConfig:
     # The basis of each pixel's colour values that the diagonal is in: "rgb" or
     # "opponent" (dmfa_tf.core.colour; default per data set: celeb_a "opponent")
     colour_basis: str = None
+    # "on": the network sees each channel of the colour basis standardised by the
+    # training images' mean and standard deviation
+    # (dmfa_tf.models.build_model(standardize=...)); "off" (default; celeb_a "on")
+    standardize: str = None
     # The backbone's arithmetic: "auto" (bfloat16 on CPUs that have it, else float32),
     # "float32" or "mixed_bfloat16" (dmfa_tf.models.build_model, resolve_precision)
     precision: str = "auto"
@@ -219,6 +228,7 @@ class TrainConfig:
         values["test_mask"] = values["test_mask"] or values["mask"]
         values["objective"] = values["objective"] or "nll"
         values["colour_basis"] = values["colour_basis"] or "rgb"
+        values["standardize"] = values["standardize"] or "off"
         if values["train_absent"] is not None:
             values["nonfinite"] = "absent"
         config = TrainConfig(**values)
@@ -235,6 +245,7 @@ class TrainConfig:
                     **DATASET_DEFAULTS.get(self.dataset, {})}
         defaults.setdefault("objective", "nll")
         defaults.setdefault("colour_basis", "rgb")
+        defaults.setdefault("standardize", "off")
 
         def given(keys, where):  # set, and not to what resolution fills in (idempotent)
             keys = [k for k in keys if values.get(k) is not None and values[k] != defaults.get(k)]
@@ -294,6 +305,11 @@ class TrainConfig:
             raise ValueError(
                 f"`colour_basis` must be one of {COLOUR_BASES}. "
                 f"Received: colour_basis={self.colour_basis!r}"
+            )
+        if self.standardize not in STANDARDIZE:
+            raise ValueError(
+                f"`standardize` must be one of {STANDARDIZE}. "
+                f"Received: standardize={self.standardize!r}"
             )
         if self.crop not in CROPS:
             raise ValueError(f"`crop` must be one of {CROPS}. Received: crop={self.crop!r}")

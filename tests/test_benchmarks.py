@@ -309,3 +309,45 @@ def test_gaussian_gap_terms_against_dense_references():
     inside = gap.compare(gaussian, params, image, mask, basis, params_in_basis=True)
     assert abs(inside["all"]["dmfa"][0] + dense.logpdf(rotation @ image[missing])) < 1e-8
     assert inside["colour"]["gaussian"] == out["colour"]["gaussian"]
+
+
+def test_hole_colour_shrinkage_and_error_split_by_hand():
+    # Hole values built in the opponent basis (rows (1,1,1)/√3, (1,-1,0)/√2,
+    # (1,1,-2)/√6, written out here) and rotated to RGB: imputations that
+    # halve each face's hole colour about a constant have slope 0.5 and
+    # correlation 1; a per-image offset is all "constant", a zero-mean
+    # alternating residual all "rest".
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("hole_colour", SCRIPT.parent / "hole_colour.py")
+    hole = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hole)
+    q = np.array([[1 / 3**0.5] * 3, [1 / 2**0.5, -1 / 2**0.5, 0], [1 / 6**0.5, 1 / 6**0.5, -2 / 6**0.5]])
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(5, 2, 2, 3))  # 5 images of 2x2 pixels, opponent values
+    mask = np.ones((5, 2, 2, 1))
+    mask[:, 0] = 0  # the top row (2 pixels) is missing
+    images = y @ q  # x = Qᵀ y, pixel by pixel
+    c = np.array([0.1, -0.2, 0.3])
+    shrunk = (0.5 * y + c) @ q
+    fit = hole.shrinkage(*hole.hole_values(images, mask, shrunk))
+    np.testing.assert_allclose(fit["slope"], 0.5, atol=1e-12)
+    np.testing.assert_allclose(fit["intercept"], c, atol=1e-12)
+    np.testing.assert_allclose(fit["correlation"], 1.0, atol=1e-12)
+    # Per-image offset d_i: constant part 2 |d_i|² per image (P = 2), rest 0.
+    d = rng.normal(size=(5, 3))
+    offset = (y + d[:, None, None, :]) @ q
+    split = hole.error_split(*hole.hole_values(images, mask, offset))
+    np.testing.assert_allclose(split["colour"], [2 * np.mean((d[:, 1:] ** 2).sum(1)),
+                                                 2 * np.mean((d[:, 1:] ** 2).sum(1)), 0], atol=1e-12)
+    np.testing.assert_allclose(split["brightness"], [2 * np.mean(d[:, 0] ** 2)] * 2 + [0],
+                               atol=1e-12)
+    # Residual +e on one missing pixel and -e on the other: constant 0, rest 2 e² per channel.
+    e = np.array([0.3, 0.4, 0.5])
+    alternating = y.copy()
+    alternating[:, 0, 0] -= e
+    alternating[:, 0, 1] += e
+    split = hole.error_split(*hole.hole_values(images, mask, alternating @ q))
+    np.testing.assert_allclose(split["colour"], [2 * (0.16 + 0.25), 0, 2 * (0.16 + 0.25)],
+                               atol=1e-12)
+    np.testing.assert_allclose(split["brightness"], [2 * 0.09, 0, 2 * 0.09], atol=1e-12)

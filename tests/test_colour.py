@@ -239,3 +239,113 @@ def test_mosaic_shows_a_colour_basis_model_in_rgb(colour_model, tmp_path):
     image, mask = _colour_batch(seed=2, count=2)
     path = visualization.mosaic(str(tmp_path / "mosaic.png"), colour_model, image, mask)
     assert os.path.getsize(path or str(tmp_path / "mosaic.png")) > 1000
+
+
+# === Standardised channels (`build_model(standardize=...)`) ===
+
+
+def test_channel_statistics_hand_computed():
+    # Two finite pixels, white (1, 1, 1) and red (1, 0, 0), and one with a NaN.
+    images = np.array([[[[1, 1, 1], [1, 0, 0], [np.nan, 0.5, 0.5]]]])
+    # Opponent rows (1,1,1)/sqrt3, (1,-1,0)/sqrt2, (1,1,-2)/sqrt6:
+    # white -> (sqrt3, 0, 0), red -> (1/sqrt3, 1/sqrt2, 1/sqrt6).
+    s3, s2, s6 = np.sqrt(3), np.sqrt(2), np.sqrt(6)
+    shift, scale = colour.channel_statistics(images, "opponent")
+    np.testing.assert_allclose(shift, [(s3 + 1 / s3) / 2, 1 / (2 * s2), 1 / (2 * s6)], atol=1e-12)
+    np.testing.assert_allclose(scale, [(s3 - 1 / s3) / 2, 1 / (2 * s2), 1 / (2 * s6)], atol=1e-12)
+    shift, scale = colour.channel_statistics(images, "rgb")
+    np.testing.assert_allclose(shift, [1, 0.5, 0.5])
+    np.testing.assert_allclose(scale, [1e-3, 0.5, 0.5])  # a constant channel: the 1e-3 floor
+    with pytest.raises(ValueError, match=r"\[B, H, W, C\]. Received: shape \(3, 3\)"):
+        colour.channel_statistics(np.ones((3, 3)))
+    with pytest.raises(ValueError, match="no pixel whose channels are all finite"):
+        colour.channel_statistics(np.full((1, 2, 2, 3), np.nan))
+    with pytest.raises(ValueError, match="opponent colour basis needs 3 channels"):
+        colour.channel_statistics(np.ones((1, 2, 2, 1)), "opponent")
+
+
+def test_standardized_input_hand_computed():
+    import keras
+
+    from dmfa_tf.models.layers import ObservedInput
+
+    rng = np.random.default_rng(3)
+    image = rng.uniform(size=(2, 3, 4, 3)).astype(np.float32)
+    mask = (rng.uniform(size=(2, 3, 4, 1)) > 0.4).astype(np.float32)
+    shift, scale = [0.8, 0.1, -0.05], [0.25, 0.04, 0.5]
+    layer = ObservedInput(colour_basis="opponent", shift=shift, scale=scale)
+    out = layer(image, mask).numpy()
+    r, g, b = (image[..., i].astype(np.float64) for i in range(3))
+    opponent = np.stack([(r + g + b) / np.sqrt(3), (r - g) / np.sqrt(2),
+                         (r + g - 2 * b) / np.sqrt(6)], axis=-1)
+    want = np.where(mask == 1, (opponent - shift) / scale, 0.0)
+    np.testing.assert_allclose(out[..., :3], want, atol=2e-5)
+    np.testing.assert_array_equal(out[..., 3:], np.repeat(mask, 3, axis=-1))
+    # In RGB: per channel, no rotation.
+    rgb = ObservedInput(shift=shift, scale=scale)(image, mask).numpy()
+    np.testing.assert_allclose(rgb[..., :3], np.where(mask == 1, (image - shift) / scale, 0),
+                               atol=2e-5)
+    assert keras.layers.deserialize(keras.layers.serialize(layer)).scale == scale
+
+
+@pytest.mark.parametrize(
+    "standardize, message",
+    [
+        (([0.5, 0, 0], [0.2, 0.1]), "needs 3 shifts and scales.*3 shifts, 2 scales"),
+        ([0.5, 0.1, 0.1], "must be None or \\(shift, scale\\)"),
+        (([0.5, 0, 0], [0.2, 0.0, 0.1]), "`scale` finite and > 0"),
+        (([np.nan, 0, 0], [0.2, 0.1, 0.1]), "`shift` must be finite"),
+    ],
+)
+def test_bad_standardization_is_a_clear_error(standardize, message):
+    import dmfa_tf
+
+    with pytest.raises(ValueError, match=message):
+        dmfa_tf.build_model((6, 6, 3), "fullconv", width=4, colour_basis="opponent",
+                            standardize=standardize)
+    from dmfa_tf.models.layers import ObservedInput
+
+    with pytest.raises(ValueError, match="give both or neither"):
+        ObservedInput(shift=[0.0])
+
+
+def test_a_standardized_model_saves_exports_and_converts(tmp_path):
+    import keras
+
+    import dmfa_tf
+    from dmfa_tf import saving, serving
+
+    keras.utils.set_random_seed(0)
+    image, mask = _colour_batch(seed=3)
+    stats = colour.channel_statistics(image, "opponent")
+    model = dmfa_tf.build_model((6, 6, 3), "fullconv", components=2, factors=2, width=4,
+                                colour_basis="opponent", precision="float32", standardize=stats)
+    # The input layer's output is the standardised image (checked by hand above).
+    inputs = model.get_layer("observed_input")(image, mask).numpy()[..., :3]
+    opponent = image.astype(np.float64) @ colour.basis_matrix("opponent", 3).T
+    np.testing.assert_allclose(inputs, np.where(mask == 1, (opponent - stats[0]) / stats[1], 0),
+                               atol=1e-5)
+    model.save(str(tmp_path / "model.keras"))
+    reloaded = saving.load(str(tmp_path))
+    assert reloaded.get_layer("observed_input").shift == pytest.approx(list(stats[0]))
+    want = model.mixture(image, mask)
+    np.testing.assert_allclose(reloaded.mixture(image, mask).mean().numpy(),
+                               want.mean().numpy(), atol=1e-6)
+    path = serving.export_saved_model(model, str(tmp_path / "serving"), tflite=True)
+    lite = serving.run_tflite(os.path.join(path, "model.tflite"), "log_prob", image=image,
+                              mask=mask)
+    np.testing.assert_allclose(lite["log_prob"], want.log_prob(image.reshape(len(image), -1)),
+                               rtol=1e-4)
+
+
+def test_standardize_config_default_and_bad_values():
+    from dmfa_tf.config import STANDARDIZE, TrainConfig
+
+    assert TrainConfig(dataset="mnist").resolved().standardize == "off"
+    assert TrainConfig(dataset="celeb_a").resolved().standardize == "on"  # the README's study
+    assert TrainConfig(dataset="celeb_a", standardize="off").resolved().standardize == "off"
+    assert STANDARDIZE == ("off", "on")
+    with pytest.raises(ValueError, match="standardize.*Received: standardize='yes'"):
+        TrainConfig(dataset="celeb_a", standardize="yes").resolved()
+    with pytest.raises(ValueError, match="--standardize applies to images, not to the table iris"):
+        TrainConfig(dataset="iris", standardize="on").resolved()

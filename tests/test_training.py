@@ -884,3 +884,20 @@ def test_evaluation_stream_states_its_batch_count():
     assert int(data.cardinality()) == 3
     batches = [int(tf.nest.flatten(x)[0].shape[0]) for x in data]
     assert batches == [4, 4, 2]
+
+
+def test_a_standardized_run_takes_its_statistics_from_the_training_images(tmp_path):
+    from dmfa_tf import data, saving
+    from dmfa_tf.config import STANDARDIZE_IMAGES
+
+    metrics = train_and_evaluate(_config(tmp_path, standardize="on"), verbose=0)
+    assert metrics["model"]["standardized"] is True
+    output = str(tmp_path / "saved" / "digits")
+    assert saving.load_config(output)["standardize"] == "on"
+    layer = saving.load(output).get_layer("observed_input")
+    # The first 256 training digits (the tiny preset; fewer than STANDARDIZE_IMAGES).
+    assert STANDARDIZE_IMAGES > 256
+    train = data.load_sources("digits").train.take(256).to_float_array().astype(np.float64)
+    assert layer.shift == pytest.approx([train.mean()], rel=1e-6)
+    assert layer.scale == pytest.approx([train.std()], rel=1e-6)
+    assert np.isfinite(metrics["nll"]["mean"])

@@ -26,6 +26,7 @@ __all__ = [
     "BASES",
     "assert_pixelwise_mask",
     "basis_matrix",
+    "channel_statistics",
     "coordinate_marginals",
     "from_basis",
     "pixelwise_mask",
@@ -57,6 +58,34 @@ def basis_matrix(name, channels):
             "Use colour_basis='rgb'."
         )
     return _OPPONENT.copy()
+
+
+def channel_statistics(images, name="rgb"):
+    """Each channel's mean and standard deviation over the finite values of
+    `images` `[B, H, W, C]`, in the basis `name`: float64 `(shift, scale)`,
+    each `[C]`; what `build_model(standardize=...)` takes.
+
+    A pixel with a non-finite value in any channel is left out. The scale is at
+    least 1e-3, so a constant channel divides by that, not by 0.
+
+    Raises:
+        ValueError: `images` not `[B, H, W, C]`, no pixel with finite values in
+            every channel, or a basis the channels cannot have.
+    """
+    images = np.asarray(images, np.float64)
+    if images.ndim != 4:
+        raise ValueError(
+            f"`images` must be [B, H, W, C]. Received: shape {images.shape}"
+        )
+    channels = images.shape[-1]
+    pixels = images.reshape(-1, channels)
+    pixels = pixels[np.all(np.isfinite(pixels), axis=1)]
+    if not len(pixels):
+        raise ValueError("`images` has no pixel whose channels are all finite.")
+    matrix = basis_matrix(name, channels)
+    if matrix is not None:
+        pixels = pixels @ matrix.T
+    return pixels.mean(axis=0), np.maximum(pixels.std(axis=0), 1e-3)
 
 
 def _rotate(values, matrix):

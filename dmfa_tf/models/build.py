@@ -2,6 +2,7 @@
 input (`ObservedInput`) and a mixture head, as a `DMFAModel`."""
 
 import keras
+import numpy as np
 
 from dmfa_tf.models.backbones import ARCHITECTURES
 from dmfa_tf.models.device import PRECISIONS, resolve_precision
@@ -24,6 +25,7 @@ def build_model(
     name=None,
     precision="auto",
     bounded_inputs=True,
+    standardize=None,
     **architecture_kwargs,
 ):
     """Builds a DMFA network.
@@ -54,6 +56,14 @@ def build_model(
             so `jit_compile="auto"` leaves it off for such a model.
         bounded_inputs: observed values are pixels in [0, 1], checked by the
             input layer (True); False for unbounded values (table cells).
+        standardize: None (default), or `(shift, scale)`, each `C` floats
+            (`dmfa_tf.core.colour.channel_statistics(train_images,
+            colour_basis)`): the network sees each channel of the colour basis
+            standardised, `(Q x - shift) / scale` (`ObservedInput`). On CelebA
+            in the opponent basis, the network then sees the colour
+            differences, whose spread is a fifth to a sixth of the
+            brightness's, on the brightness's scale (README, "Standardised
+            channels").
         **architecture_kwargs: `last_channels` (linear_heads), `width` and
             `depth` (fullconv), `hidden` (mlp), `width`, `blocks` and `dropout` (tabular).
 
@@ -77,7 +87,26 @@ def build_model(
     precision = resolve_precision(precision, architecture)
     image = keras.Input(shape=image_shape, name="image")
     mask = keras.Input(shape=image_shape[:2] + (None,), name="mask")
-    network_input = ObservedInput(bounded=bounded_inputs, name="observed_input")(image, mask)
+    shift = scale = None
+    if standardize is not None:
+        try:
+            shift, scale = standardize
+        except (TypeError, ValueError):
+            raise ValueError(
+                "`standardize` must be None or (shift, scale), one value per channel each. "
+                f"Received: standardize={standardize!r}"
+            ) from None
+        shift = [float(v) for v in np.ravel(shift)]
+        scale = [float(v) for v in np.ravel(scale)]
+        if len(shift) != image_shape[2] or len(scale) != image_shape[2]:
+            raise ValueError(
+                f"`standardize` needs {image_shape[2]} shifts and scales (one per channel). "
+                f"Received: {len(shift)} shifts, {len(scale)} scales"
+            )
+    network_input = ObservedInput(
+        bounded=bounded_inputs, colour_basis=colour_basis if shift is not None else "rgb",
+        shift=shift, scale=scale, name="observed_input",
+    )(image, mask)
     # The backbone's layers take the dtype policy in force when they are made
     # (and save it in their config); the head below is made after, in float32.
     previous_policy = keras.config.dtype_policy()

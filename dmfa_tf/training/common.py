@@ -95,9 +95,10 @@ def export_if_asked(config, model, verbose=1):
     return path
 
 
-def build_from_config(config, image_shape, bounded_inputs=True, dropout=None):
+def build_from_config(config, image_shape, bounded_inputs=True, dropout=None, standardize=None):
     """`build_model` with the network settings of a resolved `TrainConfig`
-    (`dropout`: tables' rate)."""
+    (`dropout`: tables' rate; `standardize`: `(shift, scale)` with
+    `config.standardize == "on"`)."""
     return build_model(
         image_shape,
         architecture=config.architecture,
@@ -110,6 +111,7 @@ def build_from_config(config, image_shape, bounded_inputs=True, dropout=None):
         colour_basis=config.colour_basis,
         precision=config.precision,
         bounded_inputs=bounded_inputs,
+        standardize=standardize,
         **width_kwargs(config.architecture, config.width, dropout),
     )
 
@@ -132,6 +134,7 @@ def model_record(config, model):
         "factors": config.factors,
         "variance_floor": model.head.variance_floor,
         "colour_basis": model.head.colour_basis,
+        "standardized": model.get_layer("observed_input").shift is not None,
         "weights": int(model.count_params()),
         "objective": config.objective,
     }

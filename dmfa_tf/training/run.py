@@ -12,7 +12,8 @@ from dmfa_tf import data as datasets
 from dmfa_tf import evaluation
 from dmfa_tf import masks as masks_lib
 from dmfa_tf import reporting
-from dmfa_tf.core import recalibration
+from dmfa_tf.config import STANDARDIZE_IMAGES
+from dmfa_tf.core import colour, recalibration
 from dmfa_tf.data import dequantization
 from dmfa_tf.models import precision_of
 from dmfa_tf.reporting import format_summary, hardware_description
@@ -106,8 +107,19 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             )
         if config.nonfinite == "absent":
             absent_share = nonfinite_count / max(1, np.size(array))
+    standardize = None
+    if config.standardize == "on":
+        if isinstance(train_images, np.ndarray):  # made incomplete above: NaN where absent
+            sample = train_images[:STANDARDIZE_IMAGES]
+        else:
+            sample = train_images.take(STANDARDIZE_IMAGES).to_float_array()
+        standardize = colour.channel_statistics(sample, config.colour_basis)
+        if verbose:
+            print(f"Standardised channels ({config.colour_basis}, from {len(sample):,} training "
+                  f"images): shift {np.round(standardize[0], 4).tolist()}, "
+                  f"scale {np.round(standardize[1], 4).tolist()}")
     with strategy.scope():
-        model = build_from_config(config, data.image_shape)
+        model = build_from_config(config, data.image_shape, standardize=standardize)
     model.objective = config.objective  # dmfa_tf.models.losses; the default is "nll"
     check_free_space(config, model.count_params())
 
