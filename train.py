@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def parse_args(argv=None):
     from dmfa_tf.config import (
         COLOUR_BASES, CROPS, DATASET_DEFAULTS, DEQUANTIZE, MFA_INITS, MFA_NOISE_TYPES, MODELS,
-        PRESETS, STANDARDIZE, STRATEGIES, TrainConfig,
+        FILLS, PRESETS, STANDARDIZE, STRATEGIES, TrainConfig,
     )
     from dmfa_tf.models import ARCHITECTURES
 
@@ -34,6 +34,7 @@ def parse_args(argv=None):
         "variance_activation": ["sigmoid", "softplus"],
         "colour_basis": list(COLOUR_BASES),
         "standardize": list(STANDARDIZE),
+        "fill": list(FILLS),
         "dequantize": list(DEQUANTIZE),
         "nonfinite": ["error", "absent"],
         "jit_compile": ["auto", "true", "false"],
@@ -77,6 +78,10 @@ def parse_args(argv=None):
         "standardize": "on: the network sees each channel of --colour-basis standardised by "
         "the first 2,000 training images' mean and standard deviation (default: celeb_a on, "
         "others off)",
+        "fill": "what the network sees at missing pixels: zero (default; with --standardize=on, "
+        "the training images' mean) or mean, the image's own mean over its observed pixels",
+        "global_factors": "G, factor columns per component shared by every image, learned as "
+        "weights, on top of the L per image (default 0)",
         "precision": "the backbone's arithmetic: auto (default: mixed_bfloat16 for fullconv and "
         "linear_heads on a machine without GPU whose CPU has bfloat16 instructions, else float32), float32, or "
         "mixed_bfloat16 (bfloat16 layers, float32 weights; the head, the density and "
@@ -142,7 +147,7 @@ def parse_args(argv=None):
         if field.name in ("components", "factors", "epochs", "batch_size", "width",
                           "seed", "eval_seed", "max_train_images", "max_test_images",
                           "mfa_components", "mfa_factors", "mfa_iterations",
-                          "objective_switch_epoch"):
+                          "objective_switch_epoch", "global_factors"):
             kind = int
         if field.name in ("learning_rate", "factor_amplitude", "variance_floor",
                           "val_fraction", "test_fraction", "dropout"):

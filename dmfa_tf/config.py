@@ -33,11 +33,13 @@ DATASET_DEFAULTS = {
     # CelebA 32x32 as in the paper (resize 60, centre crop 32, one 16x16 hole);
     # --image-size=64 is its 64x64 variant (give it --hole=32x32). Batch 16: the
     # subset's 4,560 faces give few steps per epoch, and at equal CPU time batch
-    # 16 beat 64 by 180 nats of validation NLL (README, "Batch size").
+    # 16 beat 64 by 180 nats of validation NLL (README, "Batch size"). 32 global
+    # factors: L + G = 48 costs no more per step than L = 16 alone, whose
+    # Cholesky is unrolled (README, "Global factors and mean fill").
     "celeb_a": dict(
         architecture="fullconv", hole="16x16", image_size=32, epochs=30, batch_size=16,
         learning_rate=1e-3, mfa_components=300, mfa_factors=10, objective="nll+mse:0.1",
-        colour_basis="opponent", standardize="on",
+        colour_basis="opponent", standardize="on", fill="mean", global_factors=32,
     ),
     "svhn_cropped": dict(
         architecture="fullconv", hole="16x16", epochs=20, batch_size=64, learning_rate=1e-3,
@@ -71,7 +73,7 @@ for _name in TABULAR_DATASETS:
 TABLE_ONLY = ("val_fraction", "test_fraction", "dropout")
 # Settings of images only.
 IMAGE_ONLY = (
-    "image_size", "hole", "mfa_components", "mfa_factors", "train_absent", "standardize",
+    "image_size", "hole", "mfa_components", "mfa_factors", "train_absent", "standardize", "fill",
 )
 
 CROPS = ("paper", "aspect")  # as dmfa_tf.data.CROPS
@@ -79,11 +81,13 @@ CROPS = ("paper", "aspect")  # as dmfa_tf.data.CROPS
 # Settings of the DMFA network and its training, meaningless for --model=mfa.
 DMFA_ONLY = (
     "architecture", "width", "factor_amplitude", "objective", "objective_switch_epoch",
-    "epochs", "batch_size", "learning_rate", "colour_basis", "standardize",
+    "epochs", "batch_size", "learning_rate", "colour_basis", "standardize", "fill",
+    "global_factors",
 )
 
 COLOUR_BASES = ("rgb", "opponent")  # as dmfa_tf.core.colour.BASES
 STANDARDIZE = ("off", "on")
+FILLS = ("zero", "mean")  # as dmfa_tf.models.layers.FILLS
 # Training images the input standardisation's statistics are computed on (the first ones).
 STANDARDIZE_IMAGES = 2000
 
@@ -164,6 +168,12 @@ class TrainConfig:
     # training images' mean and standard deviation
     # (dmfa_tf.models.build_model(standardize=...)); "off" (default; celeb_a "on")
     standardize: str = None
+    # What the network sees at unknown pixels: "zero" (default) or "mean", the
+    # image's mean over its known pixels per channel (ObservedInput(fill=...))
+    fill: str = None
+    # G, factor columns per component shared by every image, learned as
+    # weights (default 0; build_model(global_factors=...))
+    global_factors: int = None
     # The backbone's arithmetic: "auto" (bfloat16 on CPUs that have it, else float32),
     # "float32" or "mixed_bfloat16" (dmfa_tf.models.build_model, resolve_precision)
     precision: str = "auto"
@@ -229,6 +239,8 @@ class TrainConfig:
         values["objective"] = values["objective"] or "nll"
         values["colour_basis"] = values["colour_basis"] or "rgb"
         values["standardize"] = values["standardize"] or "off"
+        values["fill"] = values["fill"] or "zero"
+        values["global_factors"] = values["global_factors"] or 0
         if values["train_absent"] is not None:
             values["nonfinite"] = "absent"
         config = TrainConfig(**values)
@@ -246,6 +258,8 @@ class TrainConfig:
         defaults.setdefault("objective", "nll")
         defaults.setdefault("colour_basis", "rgb")
         defaults.setdefault("standardize", "off")
+        defaults.setdefault("fill", "zero")
+        defaults.setdefault("global_factors", 0)
 
         def given(keys, where):  # set, and not to what resolution fills in (idempotent)
             keys = [k for k in keys if values.get(k) is not None and values[k] != defaults.get(k)]
@@ -310,6 +324,17 @@ class TrainConfig:
             raise ValueError(
                 f"`standardize` must be one of {STANDARDIZE}. "
                 f"Received: standardize={self.standardize!r}"
+            )
+        if self.fill not in FILLS:
+            raise ValueError(f"`fill` must be one of {FILLS}. Received: fill={self.fill!r}")
+        if (
+            isinstance(self.global_factors, bool)
+            or not isinstance(self.global_factors, int)
+            or self.global_factors < 0
+        ):
+            raise ValueError(
+                "`global_factors` must be an integer >= 0. "
+                f"Received: global_factors={self.global_factors!r}"
             )
         if self.crop not in CROPS:
             raise ValueError(f"`crop` must be one of {CROPS}. Received: crop={self.crop!r}")

@@ -11,16 +11,22 @@ ordinary gradients. The distribution and the exported models share these
 functions, so there is one copy of the math.
 
 For `L` above `MAX_UNROLLED` the functions fall back to the TensorFlow kernels
-(the graph of an unrolled factorisation grows as `L**3`).
+(the graph of an unrolled factorisation grows as `L**3`), except inside
+`builtins_only()` (the TFLite export), where they loop over the columns
+instead: `L` steps of matrix-vector products, a graph that grows as `L**2`.
 
 Glossary of shape letters: `L` the matrix size (number of factors), `M` the
 number of right-hand sides, `...` any batch shape.
 """
 
+import contextlib
+import threading
+
 import tensorflow as tf
 
 __all__ = [
     "MAX_UNROLLED",
+    "builtins_only",
     "capacitance_solve",
     "cholesky",
     "cholesky_log_det",
@@ -33,8 +39,29 @@ __all__ = [
 MAX_UNROLLED = 16
 
 
+_STATE = threading.local()
+
+
 def _unrolled(size):
     return size is not None and size <= MAX_UNROLLED
+
+
+def _by_columns(size):
+    return size is not None and getattr(_STATE, "builtins_only", False)
+
+
+@contextlib.contextmanager
+def builtins_only():
+    """Within this context, graphs traced for `L > MAX_UNROLLED` use TFLite
+    builtin ops only (a loop over the columns instead of `tf.linalg`'s
+    Cholesky and triangular-solve kernels). Slower to train through than the
+    kernels; the TFLite export traces its functions in it."""
+    previous = getattr(_STATE, "builtins_only", False)
+    _STATE.builtins_only = True
+    try:
+        yield
+    finally:
+        _STATE.builtins_only = previous
 
 
 def cholesky(matrix):
@@ -49,7 +76,7 @@ def cholesky(matrix):
     matrix = tf.convert_to_tensor(matrix)
     size = matrix.shape[-1]
     if not _unrolled(size):
-        return tf.linalg.cholesky(matrix)
+        return _cholesky_by_columns(matrix) if _by_columns(size) else tf.linalg.cholesky(matrix)
     entries = [tf.unstack(row, axis=-1) for row in tf.unstack(matrix, axis=-2)]
     chol = [[None] * size for _ in range(size)]
     for j in range(size):
@@ -74,7 +101,7 @@ def cholesky_log_det(chol):
     """`log det(chol @ chol^T)` from a Cholesky factor `[..., L, L]` -> `[...]`."""
     chol = tf.convert_to_tensor(chol)
     size = chol.shape[-1]
-    if _unrolled(size):
+    if _unrolled(size) or _by_columns(size):
         # Slices, not `tf.linalg.diag_part`: MatrixDiagPartV3 is no TFLite builtin.
         diagonal = tf.stack([chol[..., i, i] for i in range(size)], axis=-1)  # [..., L]
     else:
@@ -95,6 +122,8 @@ def solve_lower(chol, rhs):
     size = chol.shape[-1]
     if not _unrolled(size):
         chol, rhs = _broadcast_batch(chol, rhs)
+        if _by_columns(size):
+            return _solve_by_rows(chol, rhs, upper=False)
         return tf.linalg.triangular_solve(chol, rhs, lower=True)
     c = [tf.unstack(row, axis=-1) for row in tf.unstack(chol, axis=-2)]
     b = tf.unstack(rhs, axis=-2)  # L tensors [..., M]
@@ -120,6 +149,8 @@ def solve_upper(chol, rhs):
     size = chol.shape[-1]
     if not _unrolled(size):
         chol, rhs = _broadcast_batch(chol, rhs)
+        if _by_columns(size):
+            return _solve_by_rows(chol, rhs, upper=True)
         return tf.linalg.triangular_solve(chol, rhs, lower=True, adjoint=True)
     c = [tf.unstack(row, axis=-1) for row in tf.unstack(chol, axis=-2)]
     b = tf.unstack(rhs, axis=-2)
@@ -177,6 +208,40 @@ def capacitance_solve(chol, whitened, residual):
     """
     projected = tf.linalg.matvec(whitened, residual, transpose_a=True)  # [..., L]
     return solve_upper(chol, solve_lower(chol, projected[..., None]))[..., 0]
+
+
+def _cholesky_by_columns(matrix):
+    """`cholesky` as `L` column steps (left-looking): column `j` is
+    `(a_j - C_<j c_j) / pivot` below the diagonal, `C_<j` the columns before."""
+    size = matrix.shape[-1]
+    rows = tf.range(size)
+    columns = []
+    for j in range(size):
+        value = matrix[..., :, j]  # [..., L]; rows i >= j are the lower triangle
+        if columns:
+            before = tf.stack(columns, axis=-1)  # [..., L, j]
+            value = value - tf.linalg.matvec(before, before[..., j, :])
+        pivot = tf.sqrt(value[..., j])  # [...]
+        below = tf.cast(rows >= j, matrix.dtype)  # zero above the diagonal
+        columns.append(value / pivot[..., None] * below)
+    return tf.stack(columns, axis=-1)  # [..., L, L]
+
+
+def _solve_by_rows(chol, rhs, upper):
+    """Forward (`chol x = rhs`) or, with `upper`, back (`chol^T x = rhs`)
+    substitution, one row of `x` per step; batch shapes already broadcast."""
+    size = chol.shape[-1]
+    solved = {}
+    for i in (reversed(range(size)) if upper else range(size)):
+        value = rhs[..., i, :]  # [..., M]
+        done = sorted(solved)
+        if done:
+            known = tf.stack([solved[k] for k in done], axis=-2)  # [..., n, M]
+            # chol^T's row i is chol's column i (rows below i); chol's row i, columns before i
+            coefficients = chol[..., done[0]:, i] if upper else chol[..., i, :done[-1] + 1]
+            value = value - tf.linalg.matvec(known, coefficients, transpose_a=True)
+        solved[i] = value / chol[..., i, i][..., None]
+    return tf.stack([solved[i] for i in range(size)], axis=-2)  # [..., L, M]
 
 
 def _broadcast_batch(chol, rhs):

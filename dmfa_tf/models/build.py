@@ -26,6 +26,8 @@ def build_model(
     precision="auto",
     bounded_inputs=True,
     standardize=None,
+    fill="zero",
+    global_factors=0,
     **architecture_kwargs,
 ):
     """Builds a DMFA network.
@@ -64,6 +66,13 @@ def build_model(
             differences, whose spread is a fifth to a sixth of the
             brightness's, on the brightness's scale (README, "Standardised
             channels").
+        fill: what the network sees at unknown pixels (`ObservedInput`):
+            `"zero"` (default) or `"mean"`, each image's mean over its known
+            pixels, per channel.
+        global_factors: G, factor columns per component shared by every
+            image and learned as weights (default 0): the covariance becomes
+            `A(x) A(x)^T + G G^T + diag(d)`, still a low-rank-plus-diagonal
+            matrix with L + G factors.
         **architecture_kwargs: `last_channels` (linear_heads), `width` and
             `depth` (fullconv), `hidden` (mlp), `width`, `blocks` and `dropout` (tabular).
 
@@ -105,7 +114,7 @@ def build_model(
             )
     network_input = ObservedInput(
         bounded=bounded_inputs, colour_basis=colour_basis if shift is not None else "rgb",
-        shift=shift, scale=scale, name="observed_input",
+        shift=shift, scale=scale, fill=fill, name="observed_input",
     )(image, mask)
     # The backbone's layers take the dtype policy in force when they are made
     # (and save it in their config); the head below is made after, in float32.
@@ -133,6 +142,7 @@ def build_model(
         variance_floor=defaults["variance_floor"] if variance_floor is None else variance_floor,
         variance_activation=variance_activation,
         colour_basis=colour_basis,
+        global_factors=global_factors,
         name="mixture_head",
     )
     outputs = head(features)

@@ -64,6 +64,10 @@ def _check_image_shape(image_shape):
     return shape
 
 
+# What ObservedInput puts at unknown pixels.
+FILLS = ("zero", "mean")
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ObservedInput(keras.layers.Layer):
     """The network's view of a masked image: `concat(image * known, known)`.
@@ -87,6 +91,10 @@ class ObservedInput(keras.layers.Layer):
             opponent basis this gives the colour differences, whose spread on
             faces is a fifth to a sixth of the brightness's, the same weight in
             the network.
+        fill: what the network sees at unknown pixels: `"zero"` (the default;
+            with standardised input, the training images' mean) or `"mean"`,
+            the image's own mean over its known pixels, per channel (after
+            standardising). The known-pixel channel tells the two apart.
 
     Input shape:
         `image`: `[B, H, W, C]`; `mask`: `[B, H, W, 1]` or `[B, H, W, C]`.
@@ -96,7 +104,8 @@ class ObservedInput(keras.layers.Layer):
     """
 
     def __init__(
-        self, validate=True, bounded=True, colour_basis="rgb", shift=None, scale=None, **kwargs
+        self, validate=True, bounded=True, colour_basis="rgb", shift=None, scale=None,
+        fill="zero", **kwargs
     ):
         super().__init__(**kwargs)
         self.validate = bool(validate)
@@ -104,6 +113,8 @@ class ObservedInput(keras.layers.Layer):
         self.colour_basis = colour_basis
         check_choice(colour_basis, colour.BASES, "colour_basis")
         self.shift, self.scale = _check_standardize(shift, scale)
+        check_choice(fill, FILLS, "fill")
+        self.fill = fill
 
     def call(self, image, mask):
         _check_mask_shape(image.shape, mask.shape)
@@ -128,6 +139,11 @@ class ObservedInput(keras.layers.Layer):
                 ops.convert_to_tensor(self.scale, visible.dtype)
             )
             visible = ops.where(known, visible, ops.zeros_like(visible))
+        if self.fill == "mean":  # per image and channel; 0 where no pixel is known
+            weight = ops.cast(known, visible.dtype)
+            count = ops.sum(weight, axis=(1, 2), keepdims=True)
+            mean = ops.sum(visible, axis=(1, 2), keepdims=True) / ops.maximum(count, 1.0)
+            visible = ops.where(known, visible, ops.broadcast_to(mean, ops.shape(visible)))
         return ops.concatenate([visible, ops.cast(known, image.dtype)], axis=-1)
 
     def get_config(self):
@@ -136,6 +152,8 @@ class ObservedInput(keras.layers.Layer):
         config["bounded"] = self.bounded
         if self.shift is not None:
             config.update(colour_basis=self.colour_basis, shift=self.shift, scale=self.scale)
+        if self.fill != "zero":
+            config["fill"] = self.fill
         return config
 
 
@@ -198,10 +216,17 @@ class _MixtureHead(keras.layers.Layer):
         variance_floor=1e-4,
         variance_activation="sigmoid",
         colour_basis="rgb",
+        global_factors=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.image_shape = _check_image_shape(image_shape)
+        if isinstance(global_factors, bool) or not isinstance(global_factors, int) or global_factors < 0:
+            raise ValueError(
+                "`global_factors` must be an integer >= 0. "
+                f"Received: global_factors={global_factors!r}"
+            )
+        self.global_factors = global_factors
         # None for "rgb"; raises for an unknown name or a basis the channels cannot have.
         self._basis = colour.basis_matrix(colour_basis, self.image_shape[2])
         self.colour_basis = colour_basis
@@ -226,13 +251,30 @@ class _MixtureHead(keras.layers.Layer):
         height, width, channels = self.image_shape
         self.event_size = height * width * channels
 
+    def _build_global(self):
+        if self.global_factors:
+            # Loadings shared by every image, learned as weights: G more factor
+            # columns per component at the cost of the density's algebra only.
+            self.global_loadings = self.add_weight(
+                shape=(self.components, self.event_size, self.global_factors),
+                initializer=keras.initializers.RandomNormal(stddev=0.01),
+                name="global_loadings",
+            )
+
     def _finish(self, logits, loc, factors, diag):
+        factors = constrain_factors(factors, self.factor_amplitude, self.factor_activation)
+        if self.global_factors:
+            shared = ops.cast(self.global_loadings, factors.dtype)[None]
+            factors = ops.concatenate(
+                [factors, ops.broadcast_to(
+                    shared, (ops.shape(factors)[0],) + tuple(shared.shape[1:])
+                )],
+                axis=-1,
+            )
         params = {
             "logits": logits,  # [B, K]
             "loc": loc,  # [B, K, N]
-            "factors": constrain_factors(
-                factors, self.factor_amplitude, self.factor_activation
-            ),  # [B, K, N, L]
+            "factors": factors,  # [B, K, N, L + G]
             "diag": constrain_diag(
                 diag, self.variance_floor, self.variance_activation
             ),  # [B, K, N]
@@ -248,7 +290,7 @@ class _MixtureHead(keras.layers.Layer):
 
     def compute_output_spec(self, features):
         batch = features.shape[0]
-        k, n, l = self.components, self.event_size, self.factors
+        k, n, l = self.components, self.event_size, self.factors + self.global_factors
         spec = {
             "logits": keras.KerasTensor((batch, k), dtype=self.compute_dtype),
             "loc": keras.KerasTensor((batch, k, n), dtype=self.compute_dtype),
@@ -272,6 +314,8 @@ class _MixtureHead(keras.layers.Layer):
             variance_activation=self.variance_activation,
             colour_basis=self.colour_basis,
         )
+        if self.global_factors:
+            config["global_factors"] = self.global_factors
         return config
 
 
@@ -310,6 +354,7 @@ class DenseMixtureHead(_MixtureHead):
         self.diag_dense = keras.layers.Dense(k * n, name="diag")
         for dense in (self.logits_dense, self.loc_dense, self.factors_dense, self.diag_dense):
             dense.build(features_shape)
+        self._build_global()
 
     def call(self, features):
         k, n, l = self.components, self.event_size, self.factors
@@ -362,6 +407,7 @@ class ConvMixtureHead(_MixtureHead):
         for layer in (self.loc_conv, self.diag_conv, self.factors_conv):
             layer.build(features_shape)
         self.logits_dense.build((features_shape[0], features_shape[-1]))
+        self._build_global()
 
     def call(self, features):
         height, width, channels = self.image_shape

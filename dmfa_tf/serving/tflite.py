@@ -5,7 +5,8 @@
 (`log_prob`, `valid`) and `intervals` (`lower`, `upper`, `valid`, for a
 `level` input) (`dmfa_tf.serving.signatures`), converted
 with TFLite builtin ops only (no Select TF ops: the small Cholesky
-factorisations are unrolled by `dmfa_tf.core.linalg`). TFLite has no
+factorisations are unrolled by `dmfa_tf.core.linalg`, and done column by
+column for more than `linalg.MAX_UNROLLED` factors). TFLite has no
 assertions, so the input checks become the `valid` output (bool `[B]`), and
 every output of an image that fails them is NaN: bad input is never silently
 scored. The graph is traced with the `ObservedInput` layers' assertions
@@ -26,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from dmfa_tf import files as files_lib
+from dmfa_tf.core import linalg
 from dmfa_tf.models import ObservedInput, float32_copy
 from dmfa_tf.serving.signatures import (
     TFLITE_SIGNATURES,
@@ -122,9 +124,10 @@ def export_tflite(
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
     with tempfile.TemporaryDirectory(prefix="dmfa_tflite_") as folder:
         functions = _tflite_functions(model, image_shape, recalibration)
-        with _assertions_off(model):
+        # builtins_only: more than MAX_UNROLLED factors (L + G) factorise by columns.
+        with _assertions_off(model), linalg.builtins_only():
             signatures = {name: fn.get_concrete_function() for name, fn in functions.items()}
-        tf.saved_model.save(_module(model, functions), folder, signatures=signatures)
+            tf.saved_model.save(_module(model, functions), folder, signatures=signatures)
         converter = tf.lite.TFLiteConverter.from_saved_model(
             folder, signature_keys=list(TFLITE_SIGNATURES)
         )

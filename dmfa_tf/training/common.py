@@ -112,6 +112,8 @@ def build_from_config(config, image_shape, bounded_inputs=True, dropout=None, st
         precision=config.precision,
         bounded_inputs=bounded_inputs,
         standardize=standardize,
+        fill=config.fill,
+        global_factors=config.global_factors,
         **width_kwargs(config.architecture, config.width, dropout),
     )
 
@@ -135,6 +137,8 @@ def model_record(config, model):
         "variance_floor": model.head.variance_floor,
         "colour_basis": model.head.colour_basis,
         "standardized": model.get_layer("observed_input").shift is not None,
+        "fill": model.get_layer("observed_input").fill,
+        "global_factors": model.head.global_factors,
         "weights": int(model.count_params()),
         "objective": config.objective,
     }
