@@ -337,6 +337,9 @@ class DenseMixtureHead(_MixtureHead):
             brightness and two colour differences (`dmfa_tf.core.colour`), so
             the diagonal gives them their own variances; the output dict then
             also holds `basis [B, C, C]`.
+        global_factors: G (default 0), factor columns per component that are
+            weights of the layer, shared by every image and appended to its L
+            columns: `factors` is then `[B, K, N, L + G]`.
 
     Input shape:
         `[B, F]` features.
