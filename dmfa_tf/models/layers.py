@@ -345,7 +345,7 @@ class DenseMixtureHead(_MixtureHead):
         `[B, F]` features.
 
     Output shape:
-        dict: `logits [B, K]`, `loc [B, K, N]`, `factors [B, K, N, L]`,
+        dict: `logits [B, K]`, `loc [B, K, N]`, `factors [B, K, N, L + G]`,
         `diag [B, K, N]`, and `basis [B, C, C]` with a colour basis.
     """
 
