@@ -45,13 +45,28 @@ and more with larger factors; the form used here stays near 1e-6.
 Coordinates marked -1 ("absent") are marginalised out too: they are neither
 given nor scored, which is how training on incomplete data leaves unknown
 pixels out of the loss.
+
+The density first gathers each batch member's scored coordinates (padded to
+the batch's largest count, the padding treated like an unscored coordinate),
+so its algebra runs on `|M|` rows instead of `N`: at a 16x16 hole in a 32x32
+colour image, a quarter of them. Where shapes must be static, in a function
+compiled by XLA, inside `linalg.builtins_only()` (the TFLite export) and
+inside `static_shapes()`, it works on all `N` rows with the unscored ones
+zeroed instead. Both give the same numbers.
 """
 
+import contextlib
 import math
+import threading
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+
+try:  # TFP reads XLA contexts the same way (tfp.internal.prefer_static)
+    from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext as _in_xla
+except ImportError:  # pragma: no cover - then the density never gathers
+    _in_xla = None
 
 from dmfa_tf.core import colour, linalg
 from dmfa_tf.core.checks import ABSENT, MASK_CODES_MESSAGE, MISSING, OBSERVED, is_observed, valid_codes
@@ -66,6 +81,7 @@ __all__ = [
     "OBSERVED",
     "MaskedFactorMixture",
     "checked_sample_count",
+    "static_shapes",
     "flatten_images",
     "flatten_mask",
     "most_probable_component",
@@ -82,6 +98,23 @@ _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 # bound, `num_samples=2**30` through a SavedModel exhausts memory instead of
 # failing. Draw more in several calls, with different seeds.
 MAX_SAMPLE_VALUES = 2**28
+
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def static_shapes():
+    """Within this context, `MaskedFactorMixture`'s density works on all `N`
+    rows with the unscored ones zeroed instead of gathering the scored ones:
+    what it does under XLA and in `linalg.builtins_only()` (the module
+    docstring). The numbers are the same; for comparisons and debugging."""
+    previous = getattr(_STATE, "static_shapes", False)
+    _STATE.static_shapes = True
+    try:
+        yield
+    finally:
+        _STATE.static_shapes = previous
 
 
 def _float_dtype(*values):
@@ -402,21 +435,52 @@ class MaskedFactorMixture(tfd.Distribution):
 
     # === Density ===
 
+    def _scored_rows(self):
+        """The scored coordinates, first, per batch member: `(index, valid)`,
+        each `[B, 1, M]` with `M` the batch's largest number of scored
+        coordinates; `index` is int32 and `valid` False on the padding. None
+        where shapes must stay static (module docstring)."""
+        if (
+            _in_xla is None
+            or getattr(_STATE, "static_shapes", False)
+            or linalg.is_builtins_only()
+            or _in_xla(tf.compat.v1.get_default_graph())
+        ):
+            return None
+        scored = self._mask == MISSING  # [B, N]
+        count = tf.reduce_sum(tf.cast(scored, tf.int32), axis=-1, keepdims=True)  # [B, 1]
+        # A stable sort of "not scored" puts the scored coordinates first, in order.
+        order = tf.argsort(tf.cast(~scored, tf.int32), axis=-1, stable=True)  # [B, N]
+        size = tf.reduce_max(count)
+        index = order[..., :size]  # [B, M]
+        valid = tf.range(size) < count  # [B, M]
+        return tf.expand_dims(index, -2), tf.expand_dims(valid, -2)
+
     def _whitened_factors(self):
-        """Quantities that depend on the parameters and mask, not on `x`."""
-        # expand_dims, not `[..., None, :]`: TFLite's strided slice has no new
-        # axis before a dynamic one.
-        scored = tf.expand_dims(self._mask == MISSING, -2)  # [B, 1, N]
-        # diag [B, K, N] (1 where not scored), weight [B, K, N], factors
-        # [B, K, N, L] (whitened), chol [B, K, L, L]
-        diag, weight, factors, chol = linalg.whitened_capacitance(
-            self._factors, self._diag, scored
-        )
+        """Quantities that depend on the parameters and mask, not on `x`: with
+        `R` the rows the density works on (the scored coordinates and their
+        padding, or all `N`), `(rows, selected, weight, factors, chol,
+        log_det, num_scored)`, where `rows` is `_scored_rows()`, `selected`
+        `[B, 1, R]` marks the scored rows, `weight` `[B, K, R]` and `factors`
+        `[B, K, R, L]` are whitened, `chol` `[B, K, L, L]` and `log_det`
+        `[B, K]`."""
+        rows = self._scored_rows()
+        factors, diag = self._factors, self._diag
+        if rows is None:
+            # expand_dims, not `[..., None, :]`: TFLite's strided slice has no new
+            # axis before a dynamic one.
+            selected = tf.expand_dims(self._mask == MISSING, -2)  # [B, 1, N]
+        else:
+            index, selected = rows
+            factors = _take(factors, index, axis=-2)  # [B, K, M, L]
+            diag = _take(diag, index, axis=-1)  # [B, K, M]
+        # diag (1 where not selected), weight, factors (whitened), chol
+        diag, weight, factors, chol = linalg.whitened_capacitance(factors, diag, selected)
         log_det = linalg.cholesky_log_det(chol) + tf.reduce_sum(
             tf.math.log(diag), axis=-1
         )  # [B, K]
-        num_scored = tf.reduce_sum(tf.cast(scored, self.dtype), axis=-1)  # [B, 1]
-        return scored, weight, factors, chol, log_det, num_scored
+        num_scored = tf.reduce_sum(tf.cast(selected, self.dtype), axis=-1)  # [B, 1]
+        return rows, selected, weight, factors, chol, log_det, num_scored
 
     def component_log_prob(self, x, name="component_log_prob"):
         """Log densities of `x`'s missing coordinates under each component.
@@ -455,16 +519,21 @@ class MaskedFactorMixture(tfd.Distribution):
 
     def _component_log_prob(self, x):
         whitened = self._whitened_factors()
-        _, _, _, _, log_det, num_scored = whitened
+        log_det, num_scored = whitened[-2:]
         mahalanobis = self._mahalanobis(x, whitened)  # [S, B, K]
         return -0.5 * (mahalanobis + log_det) - _HALF_LOG_TWO_PI * num_scored
 
     def _mahalanobis(self, x, whitened):
-        scored, weight, factors, chol, _, _ = whitened
-        residual = tf.expand_dims(self._in_basis(x), -2) - self._loc  # [S, B, K, N]
-        residual = tf.where(scored, residual * weight, tf.zeros_like(residual))
+        rows, selected, weight, factors, chol, _, _ = whitened
+        x, loc = self._in_basis(x), self._loc
+        if rows is not None:
+            index = rows[0]  # [B, 1, M]
+            x = _take(x, index[..., 0, :], axis=-1)  # [S, B, M]
+            loc = _take(loc, index, axis=-1)  # [B, K, M]
+        residual = tf.expand_dims(x, -2) - loc  # [S, B, K, R]
+        residual = tf.where(selected, residual * weight, tf.zeros_like(residual))
         latent = linalg.capacitance_solve(chol, factors, residual)  # [S, B, K, L]: C^-1 A~^T r~
-        unexplained = residual - tf.linalg.matvec(factors, latent)  # [S, B, K, N]
+        unexplained = residual - tf.linalg.matvec(factors, latent)  # [S, B, K, R]
         # Two sums of squares, no cancellation (see the module docstring).
         return tf.reduce_sum(tf.square(unexplained), axis=-1) + tf.reduce_sum(
             tf.square(latent), axis=-1
@@ -561,6 +630,25 @@ class MaskedFactorMixture(tfd.Distribution):
             components += tf.sqrt(self._diag) * noise
         draws = tf.reduce_sum(one_hot[..., None] * components, axis=-2)  # [n, B, N]
         return self._keep_observed(self._from_basis(draws))
+
+
+def _take(values, index, axis):
+    """`values`' entries at `index` along `axis` (-1 or -2), per batch member.
+
+    `values` is `[..., N]` (axis -1) or `[..., N, L]` (axis -2), `index`
+    `[..., M]`; their batch dimensions (those before `axis`, and before `M`)
+    broadcast against each other."""
+    axis %= values.shape.rank
+    values_batch, index_batch = values.shape[:axis], index.shape[:-1]
+    batch_rank = max(values_batch.rank, index_batch.rank)
+    batch = tf.broadcast_dynamic_shape(tf.shape(values)[:axis], tf.shape(index)[:-1])
+    if values_batch.rank != batch_rank or not (
+        values_batch.is_fully_defined()
+        and values_batch == tf.broadcast_static_shape(values_batch, index_batch)
+    ):
+        values = tf.broadcast_to(values, tf.concat([batch, tf.shape(values)[axis:]], 0))
+    index = tf.broadcast_to(index, tf.concat([batch, tf.shape(index)[-1:]], 0))
+    return tf.gather(values, index, axis=batch_rank, batch_dims=batch_rank)
 
 
 def most_probable_component(logits):

@@ -30,6 +30,7 @@ __all__ = [
     "capacitance_solve",
     "cholesky",
     "cholesky_log_det",
+    "is_builtins_only",
     "solve_lower",
     "solve_upper",
     "whitened_capacitance",
@@ -50,12 +51,19 @@ def _by_columns(size):
     return size is not None and getattr(_STATE, "builtins_only", False)
 
 
+def is_builtins_only():
+    """True within `builtins_only()`."""
+    return getattr(_STATE, "builtins_only", False)
+
+
 @contextlib.contextmanager
 def builtins_only():
     """Within this context, graphs traced for `L > MAX_UNROLLED` use TFLite
     builtin ops only (a loop over the columns instead of `tf.linalg`'s
-    Cholesky and triangular-solve kernels). Slower to train through than the
-    kernels; the TFLite export traces its functions in it."""
+    Cholesky and triangular-solve kernels), and `MaskedFactorMixture` keeps
+    its shapes static (it does not gather the scored coordinates). Slower to
+    train through than the kernels; the TFLite export traces its functions
+    in it."""
     previous = getattr(_STATE, "builtins_only", False)
     _STATE.builtins_only = True
     try:
