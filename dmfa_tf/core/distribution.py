@@ -63,9 +63,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-try:  # TFP reads XLA contexts the same way (tfp.internal.prefer_static)
+try:  # TensorFlow's own test for "traced for XLA" (not a public API)
     from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext as _in_xla
-except ImportError:  # pragma: no cover - then the density never gathers
+except ImportError:  # pragma: no cover - then the density always keeps static shapes
     _in_xla = None
 
 from dmfa_tf.core import colour, linalg
