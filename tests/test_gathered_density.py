@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import reference
-from dmfa_tf.core import distribution, linalg
+from dmfa_tf.core import distribution, linalg, rows
 from dmfa_tf.core.distribution import MaskedFactorMixture
 from test_distribution import N, make_params, mixed_masks, sample_x
 
@@ -112,7 +112,7 @@ def test_take_broadcasts_batch_dimensions(values_shape, index_shape):
     rng = np.random.default_rng(25)
     values = rng.normal(size=values_shape)
     index = rng.integers(0, 7, size=index_shape).astype(np.int32)
-    got = distribution._take(tf.constant(values), tf.constant(index), axis=-1).numpy()
+    got = rows.take(tf.constant(values), tf.constant(index), axis=-1).numpy()
     batch = np.broadcast_shapes(values_shape[:-1], index_shape[:-1])
     full_values = np.broadcast_to(values, batch + values_shape[-1:])
     full_index = np.broadcast_to(index, batch + index_shape[-1:])

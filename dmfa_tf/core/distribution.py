@@ -51,24 +51,18 @@ the batch's largest count, the padding treated like an unscored coordinate),
 so its algebra runs on `|M|` rows instead of `N`: at a 16x16 hole in a 32x32
 colour image, a quarter of them. Where shapes must be static, in a function
 compiled by XLA, inside `linalg.builtins_only()` (the TFLite export) and
-inside `static_shapes()`, it works on all `N` rows with the unscored ones
+inside `static_shapes()` (`dmfa_tf.core.rows`), it works on all `N` rows with the unscored ones
 zeroed instead. Both give the same numbers.
 """
 
-import contextlib
 import math
-import threading
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-try:  # TensorFlow's own test for "traced for XLA" (not a public API)
-    from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext as _in_xla
-except ImportError:  # pragma: no cover - then the density always keeps static shapes
-    _in_xla = None
-
-from dmfa_tf.core import colour, linalg
+from dmfa_tf.core import colour, linalg, rows
+from dmfa_tf.core.rows import flatten_images, flatten_mask, static_shapes, unflatten_images
 from dmfa_tf.core.checks import ABSENT, MASK_CODES_MESSAGE, MISSING, OBSERVED, is_observed, valid_codes
 
 tfd = tfp.distributions
@@ -98,23 +92,6 @@ _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 # bound, `num_samples=2**30` through a SavedModel exhausts memory instead of
 # failing. Draw more in several calls, with different seeds.
 MAX_SAMPLE_VALUES = 2**28
-
-
-_STATE = threading.local()
-
-
-@contextlib.contextmanager
-def static_shapes():
-    """Within this context, `MaskedFactorMixture`'s density works on all `N`
-    rows with the unscored ones zeroed instead of gathering the scored ones:
-    what it does under XLA and in `linalg.builtins_only()` (the module
-    docstring). The numbers are the same; for comparisons and debugging."""
-    previous = getattr(_STATE, "static_shapes", False)
-    _STATE.static_shapes = True
-    try:
-        yield
-    finally:
-        _STATE.static_shapes = previous
 
 
 def _float_dtype(*values):
@@ -436,25 +413,9 @@ class MaskedFactorMixture(tfd.Distribution):
     # === Density ===
 
     def _scored_rows(self):
-        """The scored coordinates, first, per batch member: `(index, valid)`,
-        each `[B, 1, M]` with `M` the batch's largest number of scored
-        coordinates; `index` is int32 and `valid` False on the padding. None
-        where shapes must stay static (module docstring)."""
-        if (
-            _in_xla is None
-            or getattr(_STATE, "static_shapes", False)
-            or linalg.is_builtins_only()
-            or _in_xla(tf.compat.v1.get_default_graph())
-        ):
-            return None
-        scored = self._mask == MISSING  # [B, N]
-        count = tf.reduce_sum(tf.cast(scored, tf.int32), axis=-1, keepdims=True)  # [B, 1]
-        # A stable sort of "not scored" puts the scored coordinates first, in order.
-        order = tf.argsort(tf.cast(~scored, tf.int32), axis=-1, stable=True)  # [B, N]
-        size = tf.reduce_max(count)
-        index = order[..., :size]  # [B, M]
-        valid = tf.range(size) < count  # [B, M]
-        return tf.expand_dims(index, -2), tf.expand_dims(valid, -2)
+        """`rows.scored_rows` of the mask: `(index, valid)`, each `[B, 1, M]`,
+        or None where shapes must stay static (module docstring)."""
+        return rows.scored_rows(self._mask == MISSING)
 
     def _whitened_factors(self):
         """Quantities that depend on the parameters and mask, not on `x`: with
@@ -464,23 +425,23 @@ class MaskedFactorMixture(tfd.Distribution):
         `[B, 1, R]` marks the scored rows, `weight` `[B, K, R]` and `factors`
         `[B, K, R, L]` are whitened, `chol` `[B, K, L, L]` and `log_det`
         `[B, K]`."""
-        rows = self._scored_rows()
+        scored_rows = self._scored_rows()
         factors, diag = self._factors, self._diag
-        if rows is None:
+        if scored_rows is None:
             # expand_dims, not `[..., None, :]`: TFLite's strided slice has no new
             # axis before a dynamic one.
             selected = tf.expand_dims(self._mask == MISSING, -2)  # [B, 1, N]
         else:
-            index, selected = rows
-            factors = _take(factors, index, axis=-2)  # [B, K, M, L]
-            diag = _take(diag, index, axis=-1)  # [B, K, M]
+            index, selected = scored_rows
+            factors = rows.take(factors, index, axis=-2)  # [B, K, M, L]
+            diag = rows.take(diag, index, axis=-1)  # [B, K, M]
         # diag (1 where not selected), weight, factors (whitened), chol
         diag, weight, factors, chol = linalg.whitened_capacitance(factors, diag, selected)
         log_det = linalg.cholesky_log_det(chol) + tf.reduce_sum(
             tf.math.log(diag), axis=-1
         )  # [B, K]
         num_scored = tf.reduce_sum(tf.cast(selected, self.dtype), axis=-1)  # [B, 1]
-        return rows, selected, weight, factors, chol, log_det, num_scored
+        return scored_rows, selected, weight, factors, chol, log_det, num_scored
 
     def component_log_prob(self, x, name="component_log_prob"):
         """Log densities of `x`'s missing coordinates under each component.
@@ -524,12 +485,12 @@ class MaskedFactorMixture(tfd.Distribution):
         return -0.5 * (mahalanobis + log_det) - _HALF_LOG_TWO_PI * num_scored
 
     def _mahalanobis(self, x, whitened):
-        rows, selected, weight, factors, chol, _, _ = whitened
+        scored_rows, selected, weight, factors, chol, _, _ = whitened
         x, loc = self._in_basis(x), self._loc
-        if rows is not None:
-            index = rows[0]  # [B, 1, M]
-            x = _take(x, index[..., 0, :], axis=-1)  # [S, B, M]
-            loc = _take(loc, index, axis=-1)  # [B, K, M]
+        if scored_rows is not None:
+            index = scored_rows[0]  # [B, 1, M]
+            x = rows.take(x, index[..., 0, :], axis=-1)  # [S, B, M]
+            loc = rows.take(loc, index, axis=-1)  # [B, K, M]
         residual = tf.expand_dims(x, -2) - loc  # [S, B, K, R]
         residual = tf.where(selected, residual * weight, tf.zeros_like(residual))
         latent = linalg.capacitance_solve(chol, factors, residual)  # [S, B, K, L]: C^-1 A~^T r~
@@ -632,70 +593,12 @@ class MaskedFactorMixture(tfd.Distribution):
         return self._keep_observed(self._from_basis(draws))
 
 
-def _take(values, index, axis):
-    """`values`' entries at `index` along `axis` (-1 or -2), per batch member.
-
-    `values` is `[..., N]` (axis -1) or `[..., N, L]` (axis -2), `index`
-    `[..., M]`; their batch dimensions (those before `axis`, and before `M`)
-    broadcast against each other."""
-    axis %= values.shape.rank
-    values_batch, index_batch = values.shape[:axis], index.shape[:-1]
-    batch_rank = max(values_batch.rank, index_batch.rank)
-    batch = tf.broadcast_dynamic_shape(tf.shape(values)[:axis], tf.shape(index)[:-1])
-    if values_batch.rank != batch_rank or not (
-        values_batch.is_fully_defined()
-        and values_batch == tf.broadcast_static_shape(values_batch, index_batch)
-    ):
-        values = tf.broadcast_to(values, tf.concat([batch, tf.shape(values)[axis:]], 0))
-    index = tf.broadcast_to(index, tf.concat([batch, tf.shape(index)[-1:]], 0))
-    return tf.gather(values, index, axis=batch_rank, batch_dims=batch_rank)
-
-
 def most_probable_component(logits):
     """`[...]` int32 index of the component with the largest weight, from the
     mixture logits `[..., K]`: the component of the paper's imputation and of
     its "MSE". The one definition of it: the distribution, the losses and the
     mosaic call this."""
     return tf.argmax(logits, axis=-1, output_type=tf.int32)
-
-
-def flatten_images(images):
-    """`[..., H, W, C]` -> `[..., H * W * C]` (row-major, the event order)."""
-    images = tf.convert_to_tensor(images)
-    if images.shape.rank is not None and images.shape.rank < 3:
-        raise ValueError(
-            f"Images must have shape [..., H, W, C]. Received: shape={images.shape}"
-        )
-    return tf.reshape(images, tf.concat([tf.shape(images)[:-3], [-1]], 0))
-
-
-def flatten_mask(mask, event_size):
-    """`[..., H, W, 1 or C]` mask -> `[..., N]`, broadcast over the channels.
-
-    Args:
-        mask: the mask; a single channel applies to every channel.
-        event_size: `N = H * W * C`, which fixes `C`.
-    """
-    mask = tf.convert_to_tensor(mask)
-    if mask.shape.rank is not None and mask.shape.rank < 3:
-        raise ValueError(f"A mask must have shape [..., H, W, 1 or C]. Received: shape={mask.shape}")
-    height, width, mask_channels = (tf.compat.dimension_value(d) for d in mask.shape[-3:])
-    if None in (height, width, event_size):
-        raise ValueError("`flatten_mask` needs static H, W and event size.")
-    channels, remainder = divmod(int(event_size), height * width)
-    if remainder or mask_channels not in (None, 1, channels):
-        raise ValueError(
-            f"A mask of shape {mask.shape} does not fit images of {event_size} values "
-            f"(expected [..., {height}, {width}, 1 or {channels}])."
-        )
-    shape = tf.concat([tf.shape(mask)[:-1], [channels]], 0)
-    return flatten_images(tf.broadcast_to(mask, shape))
-
-
-def unflatten_images(values, image_shape):
-    """`[..., N]` -> `[..., H, W, C]`."""
-    values = tf.convert_to_tensor(values)
-    return tf.reshape(values, tf.concat([tf.shape(values)[:-1], list(image_shape)], 0))
 
 
 def checked_sample_count(n, values_per_sample):
