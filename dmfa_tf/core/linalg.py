@@ -48,7 +48,7 @@ def _unrolled(size):
 
 
 def _by_columns(size):
-    return size is not None and getattr(_STATE, "builtins_only", False)
+    return size is not None and is_builtins_only()
 
 
 def is_builtins_only():
@@ -64,7 +64,7 @@ def builtins_only():
     its shapes static (it does not gather the scored coordinates). Slower to
     train through than the kernels; the TFLite export traces its functions
     in it."""
-    previous = getattr(_STATE, "builtins_only", False)
+    previous = is_builtins_only()
     _STATE.builtins_only = True
     try:
         yield
