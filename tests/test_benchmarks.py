@@ -29,12 +29,12 @@ def test_bench_log_prob_tiny(tmp_path, capsys):
 
     agreement = results["agreement"]
     assert agreement["passed"], agreement["failures"]
-    assert set(agreement["max_abs_diff_nats"]) == {"tfp_direct", "dense"}
+    assert set(agreement["max_abs_diff_nats"]) == {"ours_static", "tfp_direct", "dense"}
     assert max(agreement["max_abs_diff_nats"].values()) < 1e-3
     assert "agreement check passed" in printed
 
     timings = results["timings"]
-    assert set(timings) == {"ours", "tfp_direct", "dense"}
+    assert set(timings) == {"ours", "ours_static", "tfp_direct", "dense"}
     for cases in timings.values():
         for case in ("forward", "gradient"):
             assert cases[case]["median_ms"] > 0

@@ -107,6 +107,29 @@ def test_scores_hand_computed(shape):
         assert scores["ssim"][i] == pytest.approx(_ssim_reference(inpainted, image, size), abs=2e-4)
 
 
+def test_squared_errors_of_the_imputation_and_of_the_mixture_mean():
+    # The most probable imputation is component 0's mean (logit 0.4 > -0.3);
+    # the mixture mean weighs both by softmax(logits).
+    shape = (6, 5, 2)
+    model = FixedMixture(shape, seed=4)
+    images = np.random.default_rng(2).uniform(size=(3,) + shape).astype(np.float32)
+    scores = evaluation.score(model, images, "3x4", seed=1, batch_size=2)
+    logits = model.params["logits"].astype(np.float64)
+    weights = np.exp(logits) / np.exp(logits).sum()
+    loc = model.params["loc"].astype(np.float64)  # [2, N]
+    for i, image in enumerate(images):
+        mask = masks.parse("3x4")(shape[0], shape[1], [1, i]).numpy()
+        missing = np.broadcast_to(mask == 0, shape).reshape(-1)
+        x = image.reshape(-1).astype(np.float64)[missing]
+        best = loc[0, missing]
+        mean = weights @ loc[:, missing]
+        assert scores["squared_error"][i] == pytest.approx(np.sum((x - best) ** 2), rel=1e-5)
+        assert scores["squared_error_mixture_mean"][i] == pytest.approx(
+            np.sum((x - mean) ** 2), rel=1e-5
+        )
+    assert not np.allclose(scores["squared_error"], scores["squared_error_mixture_mean"])
+
+
 def test_nothing_missing_gives_zero_errors_and_infinite_psnr():
     images = np.random.default_rng(1).uniform(size=(3, 8, 8, 1)).astype(np.float32)
     scores = evaluation.score(ConstantModel((8, 8, 1)), images, "dropout:0", seed=0)
@@ -312,6 +335,9 @@ def test_evaluate_end_to_end(tiny_model, tmp_path):
     assert all(float(r["mahalanobis"]) > 0 for r in rows["full_Gaussian"])
     # KNN has no density: empty cells, null summaries, n/a in the table
     assert all(r["nll"] == "" and r["mahalanobis"] == "" and float(r["ssim"]) > 0 for r in rows["KNN_k_5"])
+    assert all(r["squared_error_mixture_mean"] == "" for r in rows["KNN_k_5"])
+    # one Gaussian: its mean is its imputation
+    assert all(r["squared_error_mixture_mean"] == r["squared_error"] for r in rows["full_Gaussian"])
     knn = summary["models"]["KNN (k=5)"]
     assert knn["nll"]["mean"] is None and knn["calibration"] is None and knn["squared_error"]["count"] == 50
     for label in ("digits", "diagonal Gaussian", "full Gaussian"):

@@ -150,8 +150,8 @@ class FullGaussian:
     has_density = True
 
     def predict_missing(self, images, mask, calibration_images=None):
-        """`imputation`, `log_prob`, `pit` and `mahalanobis` of a batch (module
-        docstring). `calibration_images` (default `images`): the values at
+        """`imputation` (also as `mean`: one Gaussian's conditional mean),
+        `log_prob`, `pit` and `mahalanobis` of a batch (module docstring). `calibration_images` (default `images`): the values at
         which `pit` and `mahalanobis` are measured, e.g. dequantized ones."""
         images, mask = _check_batch(images, mask, self.mean.size)
         if calibration_images is None:
@@ -193,6 +193,7 @@ class FullGaussian:
             pit[b, missing] = scipy.special.ndtr(residual / np.sqrt(variance))
         return {
             "imputation": imputation,
+            "mean": imputation,
             "log_prob": log_prob,
             "pit": pit,
             "mahalanobis": mahalanobis,

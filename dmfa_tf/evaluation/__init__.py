@@ -8,6 +8,7 @@ every channel; lower is better for the first two):
 |---|---|
 | `nll` | `-log p(x_missing | x_observed)` in nats, the paper's NLL |
 | `squared_error` | the paper's "MSE": sum of squared errors of the most probable imputation |
+| `squared_error_mixture_mean` | the same for the mixture mean `dist.mean()` (the full Gaussian: its conditional mean, the same as its imputation; NaN for KNN) |
 | `psnr` | PSNR of the inpainted image (observed pixels kept) against the original, dB, peak 1 |
 | `ssim` | SSIM of the inpainted image against the original (as `tf.image.ssim`: peak 1, Gaussian window of size min(11, H, W), sigma 1.5; colour images: mean over channels) |
 | `mahalanobis` | squared Mahalanobis distance of the missing block under the most probable component (the one `imputation()` uses); chi-squared with `missing` degrees of freedom if the model is right |

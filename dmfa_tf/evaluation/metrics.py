@@ -14,7 +14,7 @@ from dmfa_tf.core.distribution import (
     unflatten_images,
 )
 
-METRICS = ("nll", "squared_error", "psnr", "ssim", "mahalanobis")
+METRICS = ("nll", "squared_error", "squared_error_mixture_mean", "psnr", "ssim", "mahalanobis")
 
 
 COVERAGES = (0.5, 0.9)  # central intervals whose coverage `calibration` reports
@@ -77,7 +77,8 @@ def _batch_metrics(image, flat_mask, predictions, window):
         flat_mask: `[B, N]` mask (1 / 0 / -1).
         predictions: dict of `imputation [B, N]` (observed values kept) and,
             for models with a density, `nll [B]`, `pit [B, N]` and
-            `mahalanobis [B]`; those missing become NaN.
+            `mahalanobis [B]`, and for mixtures `mixture_mean [B, N]`; those
+            missing become NaN.
         window: SSIM window size.
     """
     image_shape = [int(d) for d in image.shape[1:]]
@@ -88,9 +89,16 @@ def _batch_metrics(image, flat_mask, predictions, window):
     error = tf.where(scored, tf.square(imputation - target), tf.zeros_like(target))
     inpainted = tf.clip_by_value(unflatten_images(imputation, image_shape), 0.0, 1.0)
     unknown = tf.fill([batch], math.nan)
+    mixture_error = unknown
+    if "mixture_mean" in predictions:
+        mean = tf.cast(predictions["mixture_mean"], tf.float32)
+        mixture_error = tf.reduce_sum(
+            tf.where(scored, tf.square(mean - target), tf.zeros_like(target)), axis=-1
+        )
     out = {
         "nll": predictions.get("nll", unknown),
         "squared_error": tf.reduce_sum(error, axis=-1),
+        "squared_error_mixture_mean": mixture_error,
         "psnr": tf.image.psnr(inpainted, image, max_val=1.0),
         "ssim": ssim(inpainted, image, filter_size=window),
         "mahalanobis": predictions.get("mahalanobis", unknown),

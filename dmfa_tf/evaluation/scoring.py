@@ -59,6 +59,7 @@ def _mixture_step(model, window, recalibration=None, pit_histogram_bins=None):
         best = dist.most_probable_component()  # [B]: the imputation's component
         predictions = {
             "imputation": dist.imputation(),
+            "mixture_mean": dist.mean(),
             "nll": -dist.log_prob(target),
             "pit": marginal_cdf(dist, calibrated),
             "mahalanobis": tf.gather(distances, best, axis=-1, batch_dims=1),
@@ -95,7 +96,10 @@ def _predictor_step(model, window):
         lambda image, flat_mask, predictions: _batch_metrics(image, flat_mask, predictions, window),
         autograph=False,
     )
-    keys = {"log_prob": "nll", "imputation": "imputation", "pit": "pit", "mahalanobis": "mahalanobis"}
+    keys = {
+        "log_prob": "nll", "imputation": "imputation", "mean": "mixture_mean", "pit": "pit",
+        "mahalanobis": "mahalanobis",
+    }
 
     def step(batch, count):
         image = batch["image"]
@@ -175,7 +179,10 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
             `recalibration.Recalibration.from_counts` fits).
 
     Returns:
-        dict of `[n]` float64 arrays: `nll`, `squared_error`, `psnr`, `ssim`,
+        dict of `[n]` float64 arrays: `nll`, `squared_error` (of the most
+        probable imputation), `squared_error_mixture_mean` (of the mixture
+        mean; for a baseline with `predict_missing`, of its `mean` output, NaN
+        without one), `psnr`, `ssim`,
         `mahalanobis`, `missing` (the number of scored coordinates per image),
         `inside_50` and `inside_90` (how many of them lie in the central 50% /
         90% interval of their marginal), and `pit_counts` `[n, 10]` (how many

@@ -72,6 +72,7 @@ def _nll_and_mse(scores):
     return {
         "nll": evaluation.summarize(scores["nll"]),
         "mse": evaluation.summarize(scores["squared_error"]),
+        "mse_mixture_mean": evaluation.summarize(scores["squared_error_mixture_mean"]),
     }
 
 
