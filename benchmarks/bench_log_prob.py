@@ -69,14 +69,16 @@ tfd = tfp.distributions
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
-IMPLEMENTATIONS = ("ours", "tfp_direct", "dense")
+IMPLEMENTATIONS = ("ours", "ours_static", "tfp_direct", "dense")
 LABELS = {
     "ours": "ours (MaskedFactorMixture)",
     "ours_static": "ours, all N rows (static_shapes())",
     "tfp_direct": "TFP direct (MixtureSameFamily + zero trick)",
     "dense": "dense per example (gather + MVNTriL)",
 }
-SHORT_LABELS = {"ours": "ours", "ours_static": "ours, N rows", "tfp_direct": "TFP direct", "dense": "dense"}
+SHORT_LABELS = {
+    "ours": "ours", "ours_static": "ours, N rows", "tfp_direct": "TFP direct", "dense": "dense",
+}
 
 
 class AgreementError(RuntimeError):

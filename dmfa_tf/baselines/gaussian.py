@@ -151,8 +151,9 @@ class FullGaussian:
 
     def predict_missing(self, images, mask, calibration_images=None):
         """`imputation` (also as `mean`: one Gaussian's conditional mean),
-        `log_prob`, `pit` and `mahalanobis` of a batch (module docstring). `calibration_images` (default `images`): the values at
-        which `pit` and `mahalanobis` are measured, e.g. dequantized ones."""
+        `log_prob`, `pit` and `mahalanobis` of a batch (module docstring).
+        `calibration_images` (default `images`): the values at which `pit` and
+        `mahalanobis` are measured, e.g. dequantized ones."""
         images, mask = _check_batch(images, mask, self.mean.size)
         if calibration_images is None:
             calibration_images = images
