@@ -160,7 +160,7 @@ def test_fill_and_global_factors_config():
     config = TrainConfig(dataset="mnist").resolved()
     assert (config.fill, config.global_factors) == ("zero", 0)
     config = TrainConfig(dataset="celeb_a").resolved()  # the README's study
-    assert (config.fill, config.global_factors) == ("mean", 32)
+    assert (config.fill, config.global_factors) == ("mean", 64)
     config = TrainConfig(dataset="celeb_a", fill="zero", global_factors=0).resolved()
     assert (config.fill, config.global_factors) == ("zero", 0)
     config = TrainConfig(dataset="mnist", fill="mean", global_factors=8).resolved()
