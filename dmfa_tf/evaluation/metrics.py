@@ -86,19 +86,19 @@ def _batch_metrics(image, flat_mask, predictions, window):
     batch = tf.shape(target)[0]
     imputation = tf.cast(predictions["imputation"], tf.float32)
     scored = tf.equal(flat_mask, MISSING)  # [B, N]
-    error = tf.where(scored, tf.square(imputation - target), tf.zeros_like(target))
+
+    def squared_error(values):  # [B]: summed over the scored coordinates
+        error = tf.square(tf.cast(values, tf.float32) - target)
+        return tf.reduce_sum(tf.where(scored, error, tf.zeros_like(error)), axis=-1)
+
     inpainted = tf.clip_by_value(unflatten_images(imputation, image_shape), 0.0, 1.0)
     unknown = tf.fill([batch], math.nan)
-    mixture_error = unknown
-    if "mixture_mean" in predictions:
-        mean = tf.cast(predictions["mixture_mean"], tf.float32)
-        mixture_error = tf.reduce_sum(
-            tf.where(scored, tf.square(mean - target), tf.zeros_like(target)), axis=-1
-        )
     out = {
         "nll": predictions.get("nll", unknown),
-        "squared_error": tf.reduce_sum(error, axis=-1),
-        "squared_error_mixture_mean": mixture_error,
+        "squared_error": squared_error(imputation),
+        "squared_error_mixture_mean": (
+            squared_error(predictions["mixture_mean"]) if "mixture_mean" in predictions else unknown
+        ),
         "psnr": tf.image.psnr(inpainted, image, max_val=1.0),
         "ssim": ssim(inpainted, image, filter_size=window),
         "mahalanobis": predictions.get("mahalanobis", unknown),
