@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def parse_args(argv=None):
     from dmfa_tf.config import (
         COLOUR_BASES, CROPS, DATASET_DEFAULTS, DEQUANTIZE, MFA_INITS, MFA_NOISE_TYPES, MODELS,
-        FILLS, PRESETS, STANDARDIZE, STRATEGIES, TrainConfig,
+        FILLS, GLOBAL_SCALES, PRESETS, STANDARDIZE, STRATEGIES, TrainConfig,
     )
     from dmfa_tf.models import ARCHITECTURES
 
@@ -35,6 +35,7 @@ def parse_args(argv=None):
         "colour_basis": list(COLOUR_BASES),
         "standardize": list(STANDARDIZE),
         "fill": list(FILLS),
+        "global_scale": list(GLOBAL_SCALES),
         "dequantize": list(DEQUANTIZE),
         "nonfinite": ["error", "absent"],
         "jit_compile": ["auto", "true", "false"],
@@ -82,6 +83,8 @@ def parse_args(argv=None):
         "the training images' mean) or mean, the image's own mean over its observed pixels",
         "global_factors": "G, factor columns per component shared by every image, learned as "
         "weights, on top of the L per image (default 0)",
+        "global_scale": "none (default) or pixel: each image scales each row of the global "
+        "factors' loadings by 2 sigmoid(z), z predicted by the head (needs --global-factors)",
         "precision": "the backbone's arithmetic: auto (default: mixed_bfloat16 for fullconv and "
         "linear_heads on a machine without GPU whose CPU has bfloat16 instructions, else float32), float32, or "
         "mixed_bfloat16 (bfloat16 layers, float32 weights; the head, the density and "

@@ -82,12 +82,13 @@ CROPS = ("paper", "aspect")  # as dmfa_tf.data.CROPS
 DMFA_ONLY = (
     "architecture", "width", "factor_amplitude", "objective", "objective_switch_epoch",
     "epochs", "batch_size", "learning_rate", "colour_basis", "standardize", "fill",
-    "global_factors",
+    "global_factors", "global_scale",
 )
 
 COLOUR_BASES = ("rgb", "opponent")  # as dmfa_tf.core.colour.BASES
 STANDARDIZE = ("off", "on")
 FILLS = ("zero", "mean")  # as dmfa_tf.models.layers.FILLS
+GLOBAL_SCALES = ("none", "pixel")  # as dmfa_tf.models.layers.GLOBAL_SCALES
 # Training images the input standardisation's statistics are computed on (the first ones).
 STANDARDIZE_IMAGES = 2000
 
@@ -174,6 +175,9 @@ class TrainConfig:
     # G, factor columns per component shared by every image, learned as
     # weights (default 0; build_model(global_factors=...))
     global_factors: int = None
+    # "pixel": each image scales each row of the global factors' loadings,
+    # predicted by the head (default "none"; build_model(global_scale=...))
+    global_scale: str = None
     # The backbone's arithmetic: "auto" (bfloat16 on CPUs that have it, else float32),
     # "float32" or "mixed_bfloat16" (dmfa_tf.models.build_model, resolve_precision)
     precision: str = "auto"
@@ -241,6 +245,7 @@ class TrainConfig:
         values["standardize"] = values["standardize"] or "off"
         values["fill"] = values["fill"] or "zero"
         values["global_factors"] = values["global_factors"] or 0
+        values["global_scale"] = values["global_scale"] or "none"
         if values["train_absent"] is not None:
             values["nonfinite"] = "absent"
         config = TrainConfig(**values)
@@ -260,6 +265,7 @@ class TrainConfig:
         defaults.setdefault("standardize", "off")
         defaults.setdefault("fill", "zero")
         defaults.setdefault("global_factors", 0)
+        defaults.setdefault("global_scale", "none")
 
         def given(keys, where):  # set, and not to what resolution fills in (idempotent)
             keys = [k for k in keys if values.get(k) is not None and values[k] != defaults.get(k)]
@@ -335,6 +341,16 @@ class TrainConfig:
             raise ValueError(
                 "`global_factors` must be an integer >= 0. "
                 f"Received: global_factors={self.global_factors!r}"
+            )
+        if self.global_scale not in GLOBAL_SCALES:
+            raise ValueError(
+                f"`global_scale` must be one of {GLOBAL_SCALES}. "
+                f"Received: global_scale={self.global_scale!r}"
+            )
+        if self.global_scale != "none" and not self.global_factors:
+            raise ValueError(
+                f"`global_scale={self.global_scale!r}` scales the global factors: it needs "
+                f"`global_factors` > 0. Received: global_factors={self.global_factors!r}"
             )
         if self.crop not in CROPS:
             raise ValueError(f"`crop` must be one of {CROPS}. Received: crop={self.crop!r}")

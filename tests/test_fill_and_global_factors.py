@@ -224,3 +224,68 @@ def test_column_factorisation_matches_numpy():
                                np.broadcast_to(rhs, upper.shape), atol=1e-12)
     np.testing.assert_allclose(log_det, np.linalg.slogdet(matrix)[1], rtol=1e-12)
     assert not getattr(linalg._STATE, "builtins_only", False)  # the context restores
+
+
+def test_pixel_global_scale_hand_computed_and_exact(tmp_path):
+    """`global_scale="pixel"`: row n of component k's shared loadings times
+    2 sigmoid(z_k,n), z from the head: 1 at the start; with a known bias, the
+    hand-computed product; with any weights, a density equal to the dense
+    float64 Gaussian mixture of the scaled columns; saved and reloaded."""
+    import keras
+
+    import dmfa_tf
+    from dmfa_tf import saving
+
+    keras.utils.set_random_seed(3)
+    model = dmfa_tf.build_model((6, 6, 3), "fullconv", components=2, factors=2, width=4,
+                                global_factors=3, global_scale="pixel", precision="float32")
+    image, mask = _batch(seed=8)
+    shared = model.head.global_loadings.numpy()  # [K, N, G]
+    params = model({"image": image, "mask": mask})
+    np.testing.assert_allclose(params["factors"].numpy()[:, :, :, 2:],
+                               np.broadcast_to(shared, (3,) + shared.shape), rtol=1e-6)
+    conv = model.head.scale_conv
+    kernel, bias = (w.numpy() for w in conv.weights)
+    rng = np.random.default_rng(0)
+    bias = rng.normal(size=bias.shape).astype(np.float32)  # [K * C], channel k * C + c
+    conv.set_weights([kernel, bias])
+    factors = model({"image": image, "mask": mask})["factors"].numpy()
+    channel = np.arange(shared.shape[1]) % 3  # N in (H, W, C) order
+    scale = 2.0 / (1.0 + np.exp(-bias.reshape(2, 3)[:, channel]))  # [K, N]
+    for b in range(3):
+        np.testing.assert_allclose(factors[b, :, :, 2:], scale[..., None] * shared, rtol=1e-5)
+    conv.set_weights([rng.normal(scale=0.5, size=kernel.shape).astype(np.float32), bias])
+    params = {k: v.numpy() for k, v in model({"image": image, "mask": mask}).items()}
+    ratio = params["factors"][:, :, :, 2:] / shared  # the scale each image gives each row
+    assert np.abs(ratio[0] - ratio[1]).max() > 1e-2  # per image, not shared
+    assert ratio.min() > 0 and ratio.max() < 2
+    flat_mask = np.repeat(mask, 3, axis=-1).reshape(3, -1)
+    x = image.reshape(3, -1).astype(np.float64)
+    got = model.mixture(image, mask).log_prob(image.reshape(3, -1)).numpy()
+    np.testing.assert_allclose(got, _dense_log_prob(params, flat_mask, x), rtol=2e-5, atol=2e-3)
+    model.save(str(tmp_path / "model.keras"))
+    reloaded = saving.load(str(tmp_path))
+    assert reloaded.head.global_scale == "pixel"
+    np.testing.assert_allclose(reloaded.mixture(image, mask).log_prob(image.reshape(3, -1)),
+                               got, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(global_factors=2, global_scale="row"), "`global_scale` must be one of"),
+    (dict(global_scale="pixel"), "needs `global_factors` > 0. Received: global_factors=0"),
+])
+def test_bad_global_scale_is_a_clear_error(kwargs, message):
+    import dmfa_tf
+    from dmfa_tf.config import GLOBAL_SCALES, TrainConfig
+    from dmfa_tf.models.layers import GLOBAL_SCALES as LAYER_SCALES
+
+    assert GLOBAL_SCALES == LAYER_SCALES
+    with pytest.raises(ValueError, match=message):
+        dmfa_tf.build_model((6, 6, 1), "fullconv", width=4, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(dataset="mnist", **kwargs).resolved()
+    config = TrainConfig(dataset="mnist", global_factors=8, global_scale="pixel").resolved()
+    assert (config.global_factors, config.global_scale) == (8, "pixel")
+    assert TrainConfig(dataset="mnist").resolved().global_scale == "none"
+    with pytest.raises(ValueError, match="--global-scale applies to DMFA networks"):
+        TrainConfig(dataset="mnist", model="mfa", global_scale="pixel").resolved()

@@ -28,6 +28,7 @@ def build_model(
     standardize=None,
     fill="zero",
     global_factors=0,
+    global_scale="none",
     **architecture_kwargs,
 ):
     """Builds a DMFA network.
@@ -73,6 +74,10 @@ def build_model(
             image and learned as weights (default 0): the covariance becomes
             `A(x) A(x)^T + G G^T + diag(d)`, still a low-rank-plus-diagonal
             matrix with L + G factors.
+        global_scale: `"none"` (default) or `"pixel"`: each image scales each
+            row of the global loadings, `S(x) G` with `S(x)` diagonal in (0, 2),
+            predicted by the head like the diagonal (README, "Global factors
+            and mean fill"). Needs `global_factors` > 0.
         **architecture_kwargs: `last_channels` (linear_heads), `width` and
             `depth` (fullconv), `hidden` (mlp), `width`, `blocks` and `dropout` (tabular).
 
@@ -143,6 +148,7 @@ def build_model(
         variance_activation=variance_activation,
         colour_basis=colour_basis,
         global_factors=global_factors,
+        global_scale=global_scale,
         name="mixture_head",
     )
     outputs = head(features)

@@ -27,6 +27,9 @@ PACKAGE = "dmfa_tf"
 
 FACTOR_ACTIVATIONS = ("sigmoid", "tanh", "linear")
 VARIANCE_ACTIVATIONS = ("sigmoid", "softplus")
+# How each image scales the global factors' loadings: "none" (shared as they
+# are) or "pixel" (each row n of G_k times s_k(x)_n, predicted like the diagonal).
+GLOBAL_SCALES = ("none", "pixel")
 
 
 def constrain_factors(raw, amplitude, activation="sigmoid"):
@@ -217,6 +220,7 @@ class _MixtureHead(keras.layers.Layer):
         variance_activation="sigmoid",
         colour_basis="rgb",
         global_factors=0,
+        global_scale="none",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -227,6 +231,13 @@ class _MixtureHead(keras.layers.Layer):
                 f"Received: global_factors={global_factors!r}"
             )
         self.global_factors = global_factors
+        check_choice(global_scale, GLOBAL_SCALES, "global_scale")
+        if global_scale != "none" and not global_factors:
+            raise ValueError(
+                f"`global_scale={global_scale!r}` scales the global factors: it needs "
+                f"`global_factors` > 0. Received: global_factors={global_factors!r}"
+            )
+        self.global_scale = global_scale
         # None for "rgb"; raises for an unknown name or a basis the channels cannot have.
         self._basis = colour.basis_matrix(colour_basis, self.image_shape[2])
         self.colour_basis = colour_basis
@@ -261,16 +272,19 @@ class _MixtureHead(keras.layers.Layer):
                 name="global_loadings",
             )
 
-    def _finish(self, logits, loc, factors, diag):
+    def _finish(self, logits, loc, factors, diag, global_scale=None):
         factors = constrain_factors(factors, self.factor_amplitude, self.factor_activation)
         if self.global_factors:
             shared = ops.cast(self.global_loadings, factors.dtype)[None]
-            factors = ops.concatenate(
-                [factors, ops.broadcast_to(
+            if global_scale is None:
+                shared = ops.broadcast_to(
                     shared, (ops.shape(factors)[0],) + tuple(shared.shape[1:])
-                )],
-                axis=-1,
-            )
+                )
+            else:
+                # "pixel": each image scales each row of the shared loadings,
+                # s = 2 sigmoid(z) in (0, 2), 1 at the zero start.
+                shared = shared * (2.0 * ops.sigmoid(global_scale))[..., None]
+            factors = ops.concatenate([factors, shared], axis=-1)
         params = {
             "logits": logits,  # [B, K]
             "loc": loc,  # [B, K, N]
@@ -316,6 +330,8 @@ class _MixtureHead(keras.layers.Layer):
         )
         if self.global_factors:
             config["global_factors"] = self.global_factors
+        if self.global_scale != "none":
+            config["global_scale"] = self.global_scale
         return config
 
 
@@ -340,6 +356,11 @@ class DenseMixtureHead(_MixtureHead):
         global_factors: G (default 0), factor columns per component that are
             weights of the layer, shared by every image and appended to its L
             columns: `factors` is then `[B, K, N, L + G]`.
+        global_scale: `"none"` (default) or `"pixel"`: each image scales row n
+            of component k's global loadings by `s = 2 sigmoid(z)` in (0, 2),
+            predicted like the diagonal (zero weights at the start: s = 1), so
+            the shared directions' variance can follow what the image shows;
+            the covariance is then `A Aᵀ + S G Gᵀ S + diag(d)`, `S = diag(s)`.
 
     Input shape:
         `[B, F]` features.
@@ -355,17 +376,27 @@ class DenseMixtureHead(_MixtureHead):
         self.loc_dense = keras.layers.Dense(k * n, name="loc")
         self.factors_dense = keras.layers.Dense(k * n * l, name="factors")
         self.diag_dense = keras.layers.Dense(k * n, name="diag")
-        for dense in (self.logits_dense, self.loc_dense, self.factors_dense, self.diag_dense):
+        denses = [self.logits_dense, self.loc_dense, self.factors_dense, self.diag_dense]
+        if self.global_scale == "pixel":
+            self.scale_dense = keras.layers.Dense(
+                k * n, kernel_initializer="zeros", name="global_scale"
+            )
+            denses.append(self.scale_dense)
+        for dense in denses:
             dense.build(features_shape)
         self._build_global()
 
     def call(self, features):
         k, n, l = self.components, self.event_size, self.factors
+        scale = None
+        if self.global_scale == "pixel":
+            scale = ops.reshape(self.scale_dense(features), (-1, k, n))
         return self._finish(
             self.logits_dense(features),
             ops.reshape(self.loc_dense(features), (-1, k, n)),
             ops.reshape(self.factors_dense(features), (-1, k, n, l)),
             ops.reshape(self.diag_dense(features), (-1, k, n)),
+            scale,
         )
 
 
@@ -407,7 +438,14 @@ class ConvMixtureHead(_MixtureHead):
         self.diag_conv = conv(k * c, "diag")
         self.factors_conv = conv(k * c * l, "factors")
         self.logits_dense = keras.layers.Dense(k, name="logits")
-        for layer in (self.loc_conv, self.diag_conv, self.factors_conv):
+        convs = [self.loc_conv, self.diag_conv, self.factors_conv]
+        if self.global_scale == "pixel":
+            self.scale_conv = keras.layers.Conv2D(
+                k * c, self.kernel_size, padding="same", kernel_initializer="zeros",
+                name="global_scale",
+            )
+            convs.append(self.scale_conv)
+        for layer in convs:
             layer.build(features_shape)
         self.logits_dense.build((features_shape[0], features_shape[-1]))
         self._build_global()
@@ -425,11 +463,15 @@ class ConvMixtureHead(_MixtureHead):
         factors = per_component(self.factors_conv(features), l)
         if l == 1:
             factors = ops.expand_dims(factors, -1)
+        scale = None
+        if self.global_scale == "pixel":
+            scale = per_component(self.scale_conv(features), 1)
         return self._finish(
             self.logits_dense(ops.mean(features, axis=(1, 2))),
             per_component(self.loc_conv(features), 1),
             factors,
             per_component(self.diag_conv(features), 1),
+            scale,
         )
 
     def get_config(self):

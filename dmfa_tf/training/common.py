@@ -115,6 +115,7 @@ def build_from_config(config, image_shape, bounded_inputs=True, dropout=None, st
         standardize=standardize,
         fill=config.fill,
         global_factors=config.global_factors,
+        global_scale=config.global_scale,
         **width_kwargs(config.architecture, config.width, dropout),
     )
 
@@ -140,6 +141,7 @@ def model_record(config, model):
         "standardized": model.get_layer("observed_input").shift is not None,
         "fill": model.get_layer("observed_input").fill,
         "global_factors": model.head.global_factors,
+        "global_scale": model.head.global_scale,
         "weights": int(model.count_params()),
         "objective": config.objective,
     }
