@@ -270,6 +270,31 @@ def test_pixel_global_scale_hand_computed_and_exact(tmp_path):
                                got, rtol=1e-6)
 
 
+def test_pixel_global_scale_of_the_dense_head_hand_computed():
+    """The dense head (mlp): S = 1 at the start; with a known bias, row n of
+    component k scaled by 2 sigmoid(b[k * N + n])."""
+    import keras
+
+    import dmfa_tf
+
+    keras.utils.set_random_seed(5)
+    model = dmfa_tf.build_model((4, 4, 1), "mlp", components=2, factors=1, hidden=(8,),
+                                global_factors=2, global_scale="pixel", precision="float32")
+    image = np.random.default_rng(1).uniform(size=(2, 4, 4, 1)).astype(np.float32)
+    mask = np.ones((2, 4, 4, 1), np.float32)
+    mask[:, 1:3, 1:3] = 0
+    shared = model.head.global_loadings.numpy()  # [K, N, G]
+    factors = model({"image": image, "mask": mask})["factors"].numpy()
+    np.testing.assert_allclose(factors[:, :, :, 1:], np.broadcast_to(shared, (2,) + shared.shape),
+                               rtol=1e-6)
+    kernel, bias = (w.numpy() for w in model.head.scale_dense.weights)
+    bias = np.random.default_rng(2).normal(size=bias.shape).astype(np.float32)  # [K * N]
+    model.head.scale_dense.set_weights([kernel, bias])
+    factors = model({"image": image, "mask": mask})["factors"].numpy()
+    scale = 2.0 / (1.0 + np.exp(-bias.reshape(2, 16)))
+    np.testing.assert_allclose(factors[1, :, :, 1:], scale[..., None] * shared, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(global_factors=2, global_scale="row"), "`global_scale` must be one of"),
     (dict(global_scale="pixel"), "needs `global_factors` > 0. Received: global_factors=0"),
