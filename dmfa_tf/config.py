@@ -35,11 +35,14 @@ DATASET_DEFAULTS = {
     # subset's 4,560 faces give few steps per epoch, and at equal CPU time batch
     # 16 beat 64 by 180 nats of validation NLL (README, "Batch size"). 64 global
     # factors led 32 by 82 nats of validation NLL after 12 epochs at 1.09x the
-    # epoch time with the gathered density (README, "Global factors and mean fill").
+    # epoch time with the gathered density (README, "Global factors and mean fill");
+    # per-image scales of them added 112 nats at 64, and with scales 96 led 64 by
+    # 64 nats after 3 epochs at 1.2x the epoch time (README, "Per-image scales").
     "celeb_a": dict(
         architecture="fullconv", hole="16x16", image_size=32, epochs=30, batch_size=16,
         learning_rate=1e-3, mfa_components=300, mfa_factors=10, objective="nll+mse:0.1",
-        colour_basis="opponent", standardize="on", fill="mean", global_factors=64,
+        colour_basis="opponent", standardize="on", fill="mean", global_factors=96,
+        global_scale="pixel",
     ),
     "svhn_cropped": dict(
         architecture="fullconv", hole="16x16", epochs=20, batch_size=64, learning_rate=1e-3,
@@ -229,10 +232,13 @@ class TrainConfig:
             )
         values = dataclasses.asdict(self)
         self._check_applicable(values)
+        scale_given = values["global_scale"] is not None
         for key, value in {"components": 1, "factors": 4, "lr_schedule": "constant",
                            **DATASET_DEFAULTS[self.dataset]}.items():
             if values[key] is None:
                 values[key] = value
+        if not scale_given and not values["global_factors"]:
+            values["global_scale"] = None  # a data set's default scale needs its global factors
         # An MFA run does not overwrite the data set's DMFA model by default.
         default_name = self.dataset if self.model != "mfa" else f"{self.dataset}_mfa"
         values["name"] = values["name"] or default_name

@@ -160,9 +160,14 @@ def test_fill_and_global_factors_config():
     config = TrainConfig(dataset="mnist").resolved()
     assert (config.fill, config.global_factors) == ("zero", 0)
     config = TrainConfig(dataset="celeb_a").resolved()  # the README's study
-    assert (config.fill, config.global_factors) == ("mean", 64)
-    config = TrainConfig(dataset="celeb_a", fill="zero", global_factors=0).resolved()
-    assert (config.fill, config.global_factors) == ("zero", 0)
+    assert (config.fill, config.global_factors, config.global_scale) == ("mean", 96, "pixel")
+    config = TrainConfig(dataset="celeb_a", fill="zero", global_factors=0,
+                         global_scale="none").resolved()
+    assert (config.fill, config.global_factors, config.global_scale) == ("zero", 0, "none")
+    # Without global factors the data set's default scale does not apply; given, it is an error.
+    assert TrainConfig(dataset="celeb_a", global_factors=0).resolved().global_scale == "none"
+    with pytest.raises(ValueError, match="needs `global_factors` > 0"):
+        TrainConfig(dataset="celeb_a", global_factors=0, global_scale="pixel").resolved()
     config = TrainConfig(dataset="mnist", fill="mean", global_factors=8).resolved()
     assert (config.fill, config.global_factors) == ("mean", 8)
     with pytest.raises(ValueError, match="`fill` must be one of.*Received: fill='avg'"):
