@@ -16,6 +16,9 @@ model is right). The squared error of each mean on those coordinates is printed
 beside them:
 
     PYTHONPATH=. python benchmarks/gaussian_gap.py --model=saved_models/celeb_a --hole=16x16
+
+`--regularization=R` fits the Gaussian with `R` instead of evaluate.py's 1e-4, to compare
+at a model's own variance floor.
 """
 
 import argparse
@@ -95,7 +98,12 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=200, help="the first N images (200)")
     parser.add_argument("--seed", type=int, default=0, help="masks (seed, i) as evaluate.py (0)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--regularization", type=float, default=None,
+                        help="the Gaussian's R (default: evaluate.py's, 1e-4); compare at the "
+                        "model's variance floor")
     args = parser.parse_args(argv)
+    if args.regularization is not None and not args.regularization > 0:
+        parser.error(f"--regularization must be > 0; received {args.regularization}")
 
     from dmfa_tf import data, evaluation, saving
     from dmfa_tf.baselines.gaussian import FullGaussian
@@ -107,7 +115,8 @@ def main(argv=None):
     if train.shape[-1] != 3:
         raise ValueError(f"The gap study splits colour values; {args.model!r} has "
                          f"{train.shape[-1]} channel(s), not 3.")
-    gaussian = FullGaussian.fit(train)
+    gaussian = (FullGaussian.fit(train) if args.regularization is None
+                else FullGaussian.fit(train, regularization=args.regularization))
     images = getattr(sources, args.split).take(args.images).to_float_array()
     masks = evaluation.seeded_masks(images, args.hole, seed=args.seed)
     params = {k: np.asarray(v, np.float64) for k, v in model({"image": images, "mask": masks}).items()}
@@ -133,8 +142,9 @@ def main(argv=None):
               f"{results[name]['dmfa']['mahalanobis']:8.2f} / {results[name]['gaussian']['mahalanobis']:8.2f}; "
               f"squared error {results[name]['dmfa']['squared_error']:.3f} / "
               f"{results[name]['gaussian']['squared_error']:.3f}")
-    summary = {"model": args.model, "hole": args.hole, "split": args.split, "images": len(rows),
-               "basis": basis.tolist(), "results": results}
+    summary = {"model": args.model, "hole": args.hole, "regularization": args.regularization,
+               "split": args.split, "images": len(rows), "basis": basis.tolist(),
+               "results": results}
     if args.json:
         files.write_json(args.json, summary)
     return summary
