@@ -76,8 +76,8 @@ def build_model(
             matrix with L + G factors.
         global_scale: `"none"` (default) or `"pixel"`: each image scales each
             row of the global loadings, `S(x) G` with `S(x)` diagonal in (0, 2),
-            predicted by the head like the diagonal (README, "Global factors
-            and mean fill"). Needs `global_factors` > 0.
+            predicted by the head like the diagonal (README, "Per-image scales
+            of the global factors"). Needs `global_factors` > 0.
         **architecture_kwargs: `last_channels` (linear_heads), `width` and
             `depth` (fullconv), `hidden` (mlp), `width`, `blocks` and `dropout` (tabular).
 
