@@ -54,6 +54,18 @@ def channel_sets(size, channels):
     return sets
 
 
+def conditional_in_basis(gaussian, image, mask, basis):
+    """`(missing, covariance, residual)`: the full Gaussian's conditional of the
+    missing values of `image` (`mask` 0), its covariance and `x - mean` written
+    in the orthonormal colour `basis`, pixel-major."""
+    missing = np.flatnonzero(mask == 0)
+    _, mean, chol = gaussian.conditional(image, mask)
+    rotation = np.kron(np.eye(len(missing) // basis.shape[0]), basis)
+    chol_inverse = np.linalg.inv(chol)
+    covariance = rotation @ (chol_inverse.T @ chol_inverse) @ rotation.T
+    return missing, covariance, rotation @ (image[missing] - mean)
+
+
 def compare(gaussian, params, image, mask, basis, params_in_basis=True):
     """Per-set terms for one image: `{set: {"dmfa": terms, "gaussian": terms}}`.
 
@@ -69,12 +81,8 @@ def compare(gaussian, params, image, mask, basis, params_in_basis=True):
             rotated).
     """
     channels = basis.shape[0]
-    missing = np.flatnonzero(mask == 0)
-    _, mean, chol = gaussian.conditional(image, mask)
+    missing, covariance_g, residual_g = conditional_in_basis(gaussian, image, mask, basis)
     rotation = np.kron(np.eye(len(missing) // channels), basis)
-    chol_inverse = np.linalg.inv(chol)
-    covariance_g = rotation @ (chol_inverse.T @ chol_inverse) @ rotation.T
-    residual_g = rotation @ (image[missing] - mean)
     k = int(np.argmax(params["logits"]))
     factors = params["factors"][k][missing]
     covariance_d = factors @ factors.T + np.diag(params["diag"][k][missing])
@@ -98,11 +106,11 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=200, help="the first N images (200)")
     parser.add_argument("--seed", type=int, default=0, help="masks (seed, i) as evaluate.py (0)")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--regularization", type=float, default=None,
-                        help="the Gaussian's R (default: evaluate.py's, 1e-4); compare at the "
+    parser.add_argument("--regularization", type=float, default=1e-4,
+                        help="the Gaussian's R (1e-4, evaluate.py's); compare at the "
                         "model's variance floor")
     args = parser.parse_args(argv)
-    if args.regularization is not None and not args.regularization > 0:
+    if not args.regularization > 0:
         parser.error(f"--regularization must be > 0; received {args.regularization}")
 
     from dmfa_tf import data, evaluation, saving
@@ -115,8 +123,7 @@ def main(argv=None):
     if train.shape[-1] != 3:
         raise ValueError(f"The gap study splits colour values; {args.model!r} has "
                          f"{train.shape[-1]} channel(s), not 3.")
-    gaussian = (FullGaussian.fit(train) if args.regularization is None
-                else FullGaussian.fit(train, regularization=args.regularization))
+    gaussian = FullGaussian.fit(train, regularization=args.regularization)
     images = getattr(sources, args.split).take(args.images).to_float_array()
     masks = evaluation.seeded_masks(images, args.hole, seed=args.seed)
     params = {k: np.asarray(v, np.float64) for k, v in model({"image": images, "mask": masks}).items()}

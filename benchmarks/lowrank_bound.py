@@ -73,6 +73,8 @@ def main(argv=None):
     if any(r < 1 for r in args.ranks) or args.images < 1:
         parser.error(f"--ranks and --images must be >= 1; received {args.ranks}, {args.images}")
 
+    from gaussian_gap import conditional_in_basis  # this folder's script, beside this one
+
     from dmfa_tf import data, evaluation, saving
     from dmfa_tf.baselines.gaussian import FullGaussian
     from dmfa_tf.core import colour
@@ -90,13 +92,9 @@ def main(argv=None):
     results = {rank: [] for rank in args.ranks}
     start = time.perf_counter()
     for b in range(len(images)):
-        missing = np.flatnonzero(per_pixel[b] == 0)
-        if not len(missing):
+        if not np.any(per_pixel[b] == 0):
             continue
-        _, _, chol = gaussian.conditional(flat[b], per_pixel[b])
-        rotation = np.kron(np.eye(len(missing) // 3), basis)
-        chol_inverse = np.linalg.inv(chol)
-        covariance = rotation @ (chol_inverse.T @ chol_inverse) @ rotation.T
+        _, covariance, _ = conditional_in_basis(gaussian, flat[b], per_pixel[b], basis)
         for rank in args.ranks:
             results[rank].append(kl_divergence(covariance, *fit_factor_analysis(covariance, rank)))
         print(f"hole {b + 1}/{len(images)}: " + ", ".join(

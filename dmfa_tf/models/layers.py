@@ -431,8 +431,8 @@ class ConvMixtureHead(_MixtureHead):
                 f"Received: features_shape={tuple(features_shape)}"
             )
         k, l, c = self.components, self.factors, self.image_shape[2]
-        conv = lambda filters, name: keras.layers.Conv2D(  # noqa: E731
-            filters, self.kernel_size, padding="same", name=name
+        conv = lambda filters, name, **kwargs: keras.layers.Conv2D(  # noqa: E731
+            filters, self.kernel_size, padding="same", name=name, **kwargs
         )
         self.loc_conv = conv(k * c, "loc")
         self.diag_conv = conv(k * c, "diag")
@@ -440,10 +440,7 @@ class ConvMixtureHead(_MixtureHead):
         self.logits_dense = keras.layers.Dense(k, name="logits")
         convs = [self.loc_conv, self.diag_conv, self.factors_conv]
         if self.global_scale == "pixel":
-            self.scale_conv = keras.layers.Conv2D(
-                k * c, self.kernel_size, padding="same", kernel_initializer="zeros",
-                name="global_scale",
-            )
+            self.scale_conv = conv(k * c, "global_scale", kernel_initializer="zeros")
             convs.append(self.scale_conv)
         for layer in convs:
             layer.build(features_shape)
