@@ -70,10 +70,23 @@ def parse_args(argv=None):
         "(--split=val) and write it into the model folder as recalibration.json; later "
         "evaluations report raw and recalibrated coverage (see the README, Calibration)",
     )
+    parser.add_argument(
+        "--fit-scale-prior", action="store_true",
+        help="fit the model's scale prior (each component's covariance times a scale c_j "
+        "with weight w_j) on this split (--split=val) and write it into the model folder's "
+        "model.keras; its recalibration.json maps are refitted too (see the README, Scale prior)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the table and errors")
     args = parser.parse_args(argv)
     if not args.model and not args.compare:
         parser.error("give --model (and/or --compare)")
+    if args.fit_scale_prior:
+        if args.split != "val":
+            parser.error("--fit-scale-prior fits on held-out data the model is then not "
+                         "scored on: give --split=val")
+        if args.compare or args.fit_recalibration:
+            parser.error("--fit-scale-prior takes one --model, no --compare and no "
+                         "--fit-recalibration (it refits the recalibrations itself)")
     if args.fit_recalibration:
         if args.split != "val":
             parser.error("--fit-recalibration fits on held-out data the model is then not "
@@ -94,7 +107,7 @@ def evaluate(args):
     from dmfa_tf import comparison
 
     if comparison.is_table_model(args.model):
-        for flag in ("hole", "image_size", "crop", "mosaic", "mosaic_baseline"):
+        for flag in ("hole", "image_size", "crop", "mosaic", "mosaic_baseline", "fit_scale_prior"):
             if getattr(args, flag):
                 raise ValueError(f"--{flag.replace('_', '-')} applies to images, not to table models.")
         return comparison.evaluate_table_model(
@@ -108,6 +121,7 @@ def evaluate(args):
         limit=args.limit, dequantize=args.dequantize, output=args.output, mosaic=args.mosaic,
         mosaic_images=args.mosaic_images, mosaic_baseline=args.mosaic_baseline,
         verbose=0 if args.quiet else 1, fit_recalibration=args.fit_recalibration,
+        fit_scale_prior=args.fit_scale_prior,
     )
 
 

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def parse_args(argv=None):
     from dmfa_tf.config import (
         COLOUR_BASES, CROPS, DATASET_DEFAULTS, DEQUANTIZE, MFA_INITS, MFA_NOISE_TYPES, MODELS,
-        FILLS, GLOBAL_SCALES, PRESETS, STANDARDIZE, STRATEGIES, TrainConfig,
+        FILLS, GLOBAL_SCALES, PRESETS, SCALE_PRIORS, STANDARDIZE, STRATEGIES, TrainConfig,
     )
     from dmfa_tf.models import ARCHITECTURES
 
@@ -36,6 +36,7 @@ def parse_args(argv=None):
         "standardize": list(STANDARDIZE),
         "fill": list(FILLS),
         "global_scale": list(GLOBAL_SCALES),
+        "scale_prior": list(SCALE_PRIORS),
         "dequantize": list(DEQUANTIZE),
         "nonfinite": ["error", "absent"],
         "jit_compile": ["auto", "true", "false"],
@@ -131,6 +132,9 @@ def parse_args(argv=None):
         "absent, fixed per image (seeded), e.g. dropout:0.3 (implies --nonfinite=absent)",
         "restart": "start over: delete the backup of an interrupted run in --workdir instead "
         "of continuing it (a run with other settings is refused without it)",
+        "scale_prior": "on (default): after training, fit the scale prior on the validation split "
+        "(each component's covariance times a scale c_j with weight w_j: heavier tails, "
+        "calibrated Mahalanobis distances; README, Scale prior); off: none",
         "select": "the shipped epoch: the lowest of val_nll (default), val_mse, a weighted "
         "sum such as 'val_nll+20*val_mse', or 'last'",
     }

@@ -63,8 +63,9 @@ def main(argv=None):
         batch = images[start:start + 64]
         full_mask = np.broadcast_to(mask[start:start + 64], batch.shape[:-1] + mask.shape[-1:])
         out = model({"image": batch, "mask": full_mask.astype(np.float32)}, training=False)
-        if "basis" in out:  # a colour basis (dmfa_tf.core.colour): the same for every image
-            parts.setdefault("basis", [])
+        for extra in ("basis", "scales", "scale_logits"):  # a colour basis, a scale prior
+            if extra in out:
+                parts.setdefault(extra, [])
         for key in parts:
             parts[key].append(tf.cast(out[key], tf.float64).numpy())
     params = {key: np.concatenate(value) for key, value in parts.items()}
@@ -78,7 +79,8 @@ def main(argv=None):
             dict(logits=params["logits"][rows], loc=params["loc"][rows],
                  factors=params["factors"][rows] * tf.exp(log_alpha)[None, :, None, :],
                  diag=params["diag"][rows] * tf.exp(log_beta)[None, :, None],
-                 **({"basis": params["basis"][rows]} if "basis" in params else {})),
+                 **{key: params[key][rows] for key in ("basis", "scales", "scale_logits")
+                    if key in params}),
             mask[rows].astype(np.float64),
         )
 

@@ -8,6 +8,9 @@ chi-squared even when the model is right: the most probable component given the
 observed pixels need not be the one that made the image. Drawing the component
 from its posterior given the whole image, `p(k | x_O, x_M)`, gives a distance
 that is chi-squared(|M|) exactly when the model is right, whatever the mixture.
+With a scale prior (`dmfa_tf.core.scales`) each component's distance is compared
+with its mixture of scaled chi-squared instead, as `evaluate.py` does; `evaluate.py`
+now also reports the posterior-drawn shares, as expectations over the posterior.
 This script prints both, on a split of a saved model's data, at the dequantized
 values `evaluate.py` uses:
 
@@ -18,9 +21,9 @@ import argparse
 
 import numpy as np
 import tensorflow as tf
-from scipy import stats
 
 from dmfa_tf import files
+from dmfa_tf.core import scales
 from dmfa_tf.core.distribution import flatten_images
 
 
@@ -35,7 +38,12 @@ def chi2_tails(dist, values, rng):
         rng: a NumPy generator for the posterior draws.
     """
     values = tf.cast(values, dist.dtype)
-    d2 = dist.component_mahalanobis(values).numpy()  # [B, K]
+    d2 = dist.component_mahalanobis(values)  # [B, K], at scale 1
+    dof = np.sum(dist.mask.numpy() == 0, axis=-1)
+    # Each distance's distribution function under its component: chi-squared,
+    # or with a scale prior its mixture of scaled chi-squared.
+    cdf = scales.mahalanobis_cdf(d2, tf.constant(dof, d2.dtype), dist.scales, dist.scale_logits).numpy()
+    d2 = d2.numpy()
     log_joint = dist.component_log_prob(values) + tf.nn.log_softmax(dist.parameters["logits"])
     log_joint = log_joint.numpy()
     posterior = np.exp(log_joint - log_joint.max(axis=1, keepdims=True))
@@ -43,14 +51,12 @@ def chi2_tails(dist, values, rng):
     drawn = np.array([rng.choice(len(p), p=p) for p in posterior])
     best = dist.most_probable_component().numpy()
     rows = np.arange(len(d2))
-    dof = np.sum(dist.mask.numpy() == 0, axis=-1)
-    low, high = stats.chi2.ppf(0.01, dof), stats.chi2.ppf(0.99, dof)
     out = {}
-    for name, distance in (("most_probable", d2[rows, best]), ("posterior_draw", d2[rows, drawn])):
+    for name, pick in (("most_probable", best), ("posterior_draw", drawn)):
         out[name] = {
-            "below_p1": float(np.mean(distance < low)),
-            "above_p99": float(np.mean(distance > high)),
-            "median_d2_over_dof": float(np.median(distance / dof)),
+            "below_p1": float(np.mean(cdf[rows, pick] < 0.01)),
+            "above_p99": float(np.mean(cdf[rows, pick] > 0.99)),
+            "median_d2_over_dof": float(np.median(d2[rows, pick] / dof)),
         }
     return out
 

@@ -1,7 +1,7 @@
 """Where a colour model's NLL gap to the full Gaussian sits (issue 7's CelebA study).
 
 For each image, the missing block's Gaussian under the DMFA model's most probable
-component (`A Aᵀ + diag(d)` on the missing coordinates, the component of the
+component (at scale 1: a model's scale prior, `dmfa_tf.core.scales`, is left out) (`A Aᵀ + diag(d)` on the missing coordinates, the component of the
 imputation) and under the full Gaussian's exact conditional are both written in
 the model's colour basis (opponent when the model is RGB). Each is then scored on
 three sets of coordinates: all of them (the component's own NLL), the brightness

@@ -4,11 +4,13 @@ split with the same seeded masks and writes the reports.
 - `evaluate_images(models, ...)`: DMFA and MFA folders and image baselines;
   per-image CSVs, `summary.json`, `comparison.md`, an optional mosaic; or,
   with `fit_recalibration=True`, the validation PIT map of a DMFA folder,
-  written into it as `recalibration.json`.
+  written into it as `recalibration.json`; or, with `fit_scale_prior=True`,
+  its scale prior, written into its `model.keras`.
 - `evaluate_table_model(folder, ...)`: a table model (`dmfa_tf.tabular`)
   beside the table baselines.
 """
 
+import json
 import os
 import platform
 import re
@@ -17,7 +19,7 @@ import sys
 import numpy as np
 
 from dmfa_tf import data as datasets
-from dmfa_tf import evaluation, masks, saving, tabular, visualization
+from dmfa_tf import evaluation, files, masks, saving, tabular, visualization
 from dmfa_tf.baselines import tabular as tabular_baselines
 from dmfa_tf.config import TrainConfig
 from dmfa_tf.core import recalibration
@@ -39,7 +41,7 @@ def is_table_model(path):
 def evaluate_images(models, dataset=None, data_dir=None, image_size=None, crop=None, mask=None,
                     split="test", seed=0, batch_size=256, limit=None, dequantize="auto",
                     output=None, mosaic=None, mosaic_images=6, mosaic_baseline=None, verbose=1,
-                    command=None, fit_recalibration=False):
+                    command=None, fit_recalibration=False, fit_scale_prior=False):
     """Scores image models and baselines on one split with the same seeded masks.
 
     Args:
@@ -63,6 +65,9 @@ def evaluate_images(models, dataset=None, data_dir=None, image_size=None, crop=N
         fit_recalibration: instead of scoring, fit the first model's interval
             recalibration on this split (give `split="val"`) and write it into
             its folder as `recalibration.json`.
+        fit_scale_prior: instead of scoring, fit the first model's scale
+            prior on this split (give `split="val"`), write it into its
+            `model.keras` and refit its interval recalibrations.
 
     Returns:
         The summary dict written to `summary.json` (with `fit_recalibration`:
@@ -112,6 +117,10 @@ def evaluate_images(models, dataset=None, data_dir=None, image_size=None, crop=N
         "results",
         f"{_slug(specs[0].label)}-{dataset}-{_slug(generator.spec())}-seed{seed}",
     )
+    if fit_scale_prior:
+        return _fit_scale_prior(
+            specs[0], images, generator, dataset, split, seed, batch_size, dequantize, verbose
+        )
     if fit_recalibration:
         return _fit_recalibration_map(
             specs[0], images, generator, dataset, split, seed, batch_size, dequantize, verbose
@@ -218,18 +227,20 @@ def evaluate_images(models, dataset=None, data_dir=None, image_size=None, crop=N
     return result
 
 
-def _fit_recalibration_map(spec, images, generator, dataset, split, seed, batch_size, dequantize, verbose):
-    """`--fit-recalibration`: the PIT histogram of the split's missing pixels
-    (at the values `--dequantize` says) becomes the model folder's
-    `recalibration.json` (`dmfa_tf.core.recalibration`)."""
+def _dmfa_folder(spec, flag):
     if spec.is_baseline or not os.path.isfile(os.path.join(spec.path, "model.keras")):
         raise ValueError(
-            f"--fit-recalibration needs a DMFA model folder (with model.keras) to write "
+            f"{flag} needs a DMFA model folder (with model.keras) to write "
             f"into; {spec.path!r} is not one."
         )
-    model = spec.load(dataset=dataset)
+
+
+def _recalibration_map(model, label, images, generator, dataset, split, seed, batch_size, dequantize,
+                       verbose):
+    """The interval recalibration of `model` fitted on `images` (PIT histogram
+    at the values `dequantize` says), and the raw calibration."""
     if verbose:
-        print(f"Fitting the interval recalibration of {spec.label} on {len(images):,} {dataset} "
+        print(f"Fitting the interval recalibration of {label} on {len(images):,} {dataset} "
               f"{split} images, masks {generator.spec()} (seed {seed})")
     scores, seconds = evaluation.timed_score(
         model, images, generator, seed, batch_size, verbose,
@@ -242,16 +253,72 @@ def _fit_recalibration_map(spec, images, generator, dataset, split, seed, batch_
         "mask": generator.spec(), "seed": seed,
         "dequantization_step": before["dequantization_step"],
     })
+    print(f"{label} on {fitted.fitted_on['pixels']:,} missing pixels of {len(images):,} "
+          f"{dataset} {split} images, masks {generator.spec()}: raw coverage "
+          f"{100 * before['coverage_50']:.1f}% (50%), {100 * before['coverage_90']:.1f}% (90%); "
+          f"{fitted.groups} group(s) of pixels by predictive sd (bounds "
+          f"{', '.join(f'{b:.3g}' for b in fitted.sd_bounds) or 'none'}), each with its own map "
+          f"({seconds:.1f} s)")
+    return fitted, before
+
+
+def _fit_recalibration_map(spec, images, generator, dataset, split, seed, batch_size, dequantize, verbose):
+    """`--fit-recalibration`: the PIT histogram of the split's missing pixels
+    (at the values `--dequantize` says) becomes the model folder's
+    `recalibration.json` (`dmfa_tf.core.recalibration`)."""
+    _dmfa_folder(spec, "--fit-recalibration")
+    model = spec.load(dataset=dataset)
+    fitted, before = _recalibration_map(
+        model, spec.label, images, generator, dataset, split, seed, batch_size, dequantize, verbose
+    )
     path = os.path.join(spec.path, recalibration.FILE)
     maps = recalibration.with_map(spec.path, fitted)
     evaluation.write_json(path, recalibration.file_content(maps))
-    print(f"{spec.label} on {fitted.fitted_on['pixels']:,} missing pixels of {len(images):,} "
-          f"{dataset} {split} images: raw coverage {100 * before['coverage_50']:.1f}% (50%), "
-          f"{100 * before['coverage_90']:.1f}% (90%); {fitted.groups} group(s) of pixels by "
-          f"predictive sd (bounds {', '.join(f'{b:.3g}' for b in fitted.sd_bounds) or 'none'}), "
-          f"each with its own map ({seconds:.1f} s)")
     print(f"Wrote {path} (maps for masks {', '.join(m.fitted_on.get('mask', '?') for m in maps)})")
     return {"calibration": before, "recalibration": fitted.to_dict()}
+
+
+def _fit_scale_prior(spec, images, generator, dataset, split, seed, batch_size, dequantize, verbose):
+    """`--fit-scale-prior`: the scale prior (`dmfa_tf.core.scales`) fitted on
+    the split goes into the folder's `model.keras`, its record into
+    `metrics.json`; the folder's interval recalibrations, which depend on the
+    density, are fitted again on the same split, each for its own mask and
+    seed. Every file is written only once all are computed, each atomically."""
+    _dmfa_folder(spec, "--fit-scale-prior")
+    model = spec.load(dataset=dataset)
+    if verbose:
+        print(f"Fitting the scale prior of {spec.label} on {len(images):,} {dataset} {split} "
+              f"images, masks {generator.spec()} (seed {seed})")
+    fitted_model, record = evaluation.fit_scale_prior(model, images, generator, seed, batch_size, verbose)
+    print(f"{spec.label}: scale prior of {len(record['scales'])} scales "
+          f"({record['scales'][0]:.3g} to {record['scales'][-1]:.3g}); {split} NLL "
+          f"{record['nll']:.2f} (at scale 1 alone {record['nll_without']:.2f}; {record['seconds']:.1f} s)")
+    maps = []
+    for old in recalibration.load_all(spec.path):
+        mask = old.fitted_on.get("mask") or generator.spec()
+        refit_seed = int(old.fitted_on.get("seed", seed))
+        maps.append(_recalibration_map(
+            fitted_model, spec.label, images, masks.parse(mask), dataset, split, refit_seed,
+            batch_size, dequantize, verbose,
+        )[0])
+    metrics_path = os.path.join(spec.path, "metrics.json")
+    metrics = None
+    if os.path.isfile(metrics_path):
+        with open(metrics_path) as f:
+            metrics = json.load(f)
+        metrics["scale_prior"] = {**record, "split": split, "fitted_by": "evaluate.py --fit-scale-prior"}
+    with files.atomic_path(os.path.join(spec.path, "model.keras")) as partial:
+        fitted_model.save(partial + ".keras")
+        os.replace(partial + ".keras", partial)
+    if maps:
+        evaluation.write_json(os.path.join(spec.path, recalibration.FILE), recalibration.file_content(maps))
+    if metrics is not None:
+        evaluation.write_json(metrics_path, metrics)
+    print(f"Wrote {os.path.join(spec.path, 'model.keras')}"
+          + (f", {recalibration.FILE} (refitted for masks {', '.join(m.fitted_on['mask'] for m in maps)})"
+             if maps else "")
+          + (", metrics.json" if metrics is not None else ""))
+    return {"scale_prior": record, "recalibrations": [m.to_dict() for m in maps]}
 
 
 def evaluate_table_model(folder, compare=(), dataset=None, data_dir=None, mask=None,

@@ -11,7 +11,7 @@ from dmfa_tf.core.checks import check_positive_int
 
 __all__ = [
     "DATASET_DEFAULTS", "DEQUANTIZE", "PRESETS", "MFA_INITS", "MFA_NOISE_TYPES", "LR_SCHEDULES", "MODELS", "SELECT_METRICS",
-    "STRATEGIES", "TABULAR_DATASETS", "TrainConfig", "parse_select",
+    "SCALE_PRIORS", "STRATEGIES", "TABULAR_DATASETS", "TrainConfig", "parse_select",
 ]
 
 # Defaults that depend on the data set; any flag given overrides them. `objective`
@@ -77,6 +77,7 @@ TABLE_ONLY = ("val_fraction", "test_fraction", "dropout")
 # Settings of images only.
 IMAGE_ONLY = (
     "image_size", "hole", "mfa_components", "mfa_factors", "train_absent", "standardize", "fill",
+    "scale_prior",
 )
 
 CROPS = ("paper", "aspect")  # as dmfa_tf.data.CROPS
@@ -85,13 +86,14 @@ CROPS = ("paper", "aspect")  # as dmfa_tf.data.CROPS
 DMFA_ONLY = (
     "architecture", "width", "factor_amplitude", "objective", "objective_switch_epoch",
     "epochs", "batch_size", "learning_rate", "colour_basis", "standardize", "fill",
-    "global_factors", "global_scale",
+    "global_factors", "global_scale", "scale_prior",
 )
 
 COLOUR_BASES = ("rgb", "opponent")  # as dmfa_tf.core.colour.BASES
 STANDARDIZE = ("off", "on")
 FILLS = ("zero", "mean")  # as dmfa_tf.models.layers.FILLS
 GLOBAL_SCALES = ("none", "pixel")  # as dmfa_tf.models.layers.GLOBAL_SCALES
+SCALE_PRIORS = ("on", "off")
 # Training images the input standardisation's statistics are computed on (the first ones).
 STANDARDIZE_IMAGES = 2000
 
@@ -212,6 +214,9 @@ class TrainConfig:
     objective_switch_epoch: int = None  # train on `objective` for this many epochs, then on nll
     # The shipped epoch: the lowest of this validation criterion (parse_select), or "last"
     select: str = "val_nll"
+    # "on" (default): after training, fit the scale prior (dmfa_tf.core.scales) on the
+    # validation split; "off": none
+    scale_prior: str = None
     # Start over: delete the workdir's backup of an interrupted run instead of continuing it
     restart: bool = False
     # Incomplete training data: NaN / inf training pixels stop the run ("error") or are
@@ -252,6 +257,7 @@ class TrainConfig:
         values["fill"] = values["fill"] or "zero"
         values["global_factors"] = values["global_factors"] or 0
         values["global_scale"] = values["global_scale"] or "none"
+        values["scale_prior"] = values["scale_prior"] or "on"
         if values["train_absent"] is not None:
             values["nonfinite"] = "absent"
         config = TrainConfig(**values)
@@ -272,6 +278,7 @@ class TrainConfig:
         defaults.setdefault("fill", "zero")
         defaults.setdefault("global_factors", 0)
         defaults.setdefault("global_scale", "none")
+        defaults.setdefault("scale_prior", "on")
 
         def given(keys, where):  # set, and not to what resolution fills in (idempotent)
             keys = [k for k in keys if values.get(k) is not None and values[k] != defaults.get(k)]
@@ -357,6 +364,10 @@ class TrainConfig:
             raise ValueError(
                 f"`global_scale={self.global_scale!r}` scales the global factors: it needs "
                 f"`global_factors` > 0. Received: global_factors={self.global_factors!r}"
+            )
+        if self.scale_prior not in SCALE_PRIORS:
+            raise ValueError(
+                f"`scale_prior` must be one of {SCALE_PRIORS}. Received: scale_prior={self.scale_prior!r}"
             )
         if self.crop not in CROPS:
             raise ValueError(f"`crop` must be one of {CROPS}. Received: crop={self.crop!r}")

@@ -62,6 +62,13 @@ def format_summary(metrics, output):
         else:
             text += f": the lowest {selection['criterion']} ({selection['score']:.3f})"
         lines.append(f"{text}; objective {model.get('objective', 'nll')}.")
+    prior = metrics.get("scale_prior")
+    if prior:
+        lines.append(
+            f"Scale prior ({len(prior['scales'])} scales, {prior['scales'][0]:.3g} to "
+            f"{prior['scales'][-1]:.3g}): validation NLL {prior['nll']:.2f} "
+            f"(at scale 1 alone: {prior['nll_without']:.2f})."
+        )
     calibration = metrics.get("calibration") or {}
     if calibration.get("coverage_50") is not None:
         text = (f"Per-pixel interval coverage (ideal 50% / 90%): "

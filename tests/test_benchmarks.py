@@ -377,3 +377,52 @@ def test_lowrank_bound_recovers_an_exact_factor_model_and_its_kl():
     np.testing.assert_allclose(fitted[0] @ fitted[0].T + np.diag(fitted[1]), covariance, atol=1e-2)
     fewer = bound.kl_divergence(covariance, *bound.fit_factor_analysis(covariance, rank - 2))
     assert fewer > 1.0
+
+
+def test_scale_prior_gaussian_on_a_known_scale_mixture():
+    # Images drawn from c * N(mu, S), c = 0.3 or 3 with equal odds: the full
+    # Gaussian's conditional with a fitted scale prior matches a dense
+    # two-scale mixture by hand, gains NLL, and its chi-squared tails close in.
+    import numpy as np
+    from scipy import stats
+
+    from dmfa_tf import evaluation
+    from dmfa_tf.baselines import FullGaussian
+
+    spec = importlib.util.spec_from_file_location(
+        "scale_prior_gaussian", SCRIPT.parent / "scale_prior_gaussian.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    n = 36
+    root = rng.normal(scale=0.3, size=(n, n)) / np.sqrt(n)
+
+    def draw(count):
+        c = rng.choice([0.3, 3.0], size=count)
+        x = 0.5 + np.sqrt(c)[:, None] * (rng.normal(size=(count, n)) @ root.T + 0.05 * rng.normal(size=(count, n)))
+        return x.reshape(count, 6, 6, 1)
+
+    train, val, test = draw(4000), draw(1500), draw(1500)
+    model = FullGaussian.fit(train, regularization=0.0)
+    val_masks = evaluation.seeded_masks(np.clip(val, 0, 1), "3x3", seed=0)
+    test_masks = evaluation.seeded_masks(np.clip(test, 0, 1), "3x3", seed=0)
+    results = bench.compare(model, val, val_masks, test, test_masks)
+    weights = dict(zip(np.round(results["prior"]["scales"], 3), results["prior"]["weights"]))
+    # The training covariance is 1.65 S: the scales 0.3 / 1.65 and 3 / 1.65 (grid 2^(e/4)).
+    assert sum(w for c, w in weights.items() if 0.14 < c < 0.24) > 0.4
+    assert sum(w for c, w in weights.items() if 1.4 < c < 2.4) > 0.4
+    assert results["with"]["nll_mean"] < results["without"]["nll_mean"] - 1.0
+    assert results["with"]["above_p99"] < 0.03 < results["without"]["above_p99"]
+    # One image by hand: the dense conditional, each scale's Gaussian, their mixture.
+    x, m = test[0].reshape(-1), test_masks[0].reshape(-1)
+    o, h = m == 1, m == 0
+    cov = model.covariance
+    mean = model.mean[h] + cov[np.ix_(h, o)] @ np.linalg.solve(cov[np.ix_(o, o)], x[o] - model.mean[o])
+    block = cov[np.ix_(h, h)] - cov[np.ix_(h, o)] @ np.linalg.solve(cov[np.ix_(o, o)], cov[np.ix_(o, h)])
+    want = np.logaddexp.reduce([
+        np.log(w) + stats.multivariate_normal(mean, c * block).logpdf(x[h])
+        for c, w in zip(results["prior"]["scales"], results["prior"]["weights"])
+    ])
+    lp, d2, missing = bench.scored(model, test[:1], test_masks[:1], 0.0, 0)
+    got = bench.prior_log_prob(lp, d2, missing, results["prior"]["scales"], results["prior"]["weights"])
+    np.testing.assert_allclose(got[0], want, rtol=1e-9)

@@ -163,3 +163,96 @@ def pixel_assertions(image, bounded=True, finite=True, where="", data=()):
              "(use nonfinite='absent' to train on incomplete images)"],
         ))
     return checks
+
+
+def check_mixture_shapes(values):
+    """ValueErrors for statically known shapes of a mixture's parameters
+    (`MaskedFactorMixture`'s, a dict; None values are left out) that do not
+    fit together."""
+    ranks = dict(logits=1, loc=2, factors=3, diag=2, mask=1, observed=1, scales=1, scale_logits=1)
+    shapes = {}
+    for key, rank in ranks.items():
+        value = values.get(key)
+        if value is None:
+            continue
+        if value.shape.rank is not None and value.shape.rank < rank:
+            raise ValueError(
+                f"`{key}` must have rank >= {rank}. "
+                f"Received: {key}.shape={value.shape}"
+            )
+        shapes[key] = value.shape
+
+    def check(what, dims):
+        known = {k: d for k, d in dims.items() if d is not None}
+        if len(set(known.values())) > 1:
+            got = ", ".join(f"{k}: {d}" for k, d in known.items())
+            raise ValueError(f"Inconsistent {what}. Received {got}.")
+
+    def dim(key, axis):
+        shape = shapes.get(key)
+        if shape is None or shape.rank is None:
+            return None
+        return tf.compat.dimension_value(shape[axis])
+
+    check(
+        "number of components K (logits[-1], loc[-2], factors[-3], diag[-2])",
+        {
+            "logits.shape[-1]": dim("logits", -1),
+            "loc.shape[-2]": dim("loc", -2),
+            "factors.shape[-3]": dim("factors", -3),
+            "diag.shape[-2]": dim("diag", -2),
+        },
+    )
+    check(
+        "number of coordinates N (the event size)",
+        {
+            "loc.shape[-1]": dim("loc", -1),
+            "factors.shape[-2]": dim("factors", -2),
+            "diag.shape[-1]": dim("diag", -1),
+            "mask.shape[-1]": dim("mask", -1),
+            "observed.shape[-1]": dim("observed", -1),
+        },
+    )
+    check(
+        "number of scales J (scales[-1], scale_logits[-1])",
+        {"scales.shape[-1]": dim("scales", -1), "scale_logits.shape[-1]": dim("scale_logits", -1)},
+    )
+
+
+# The most values one `sample` call draws: S samples of a batch of B events of
+# N values are S x B x N values (2**28 of them are 1 GiB in float32). Without a
+# bound, `num_samples=2**30` through a SavedModel exhausts memory instead of
+# failing. Draw more in several calls, with different seeds.
+MAX_SAMPLE_VALUES = 2**28
+
+
+def checked_sample_count(n, values_per_sample):
+    """`n` if `0 <= n` and `n * values_per_sample <= MAX_SAMPLE_VALUES`: a
+    ValueError naming the bound for values known now (Python, eager), an
+    assertion in a graph."""
+    limit = MAX_SAMPLE_VALUES
+
+    def message(count, per):
+        return (
+            f"dmfa_tf: cannot draw {count} samples of {per} values each: at most "
+            f"MAX_SAMPLE_VALUES = 2**28 values per call (num_samples x batch x event size; "
+            "1 GiB of float32). Draw them in several calls, with other seeds."
+        )
+
+    static_n, static_per = tf.get_static_value(n), tf.get_static_value(values_per_sample)
+    if static_n is not None and static_per is not None:
+        if int(static_n) < 0:
+            raise ValueError(f"dmfa_tf: the number of samples must be >= 0. Received: {int(static_n)}")
+        if int(static_n) * int(static_per) > limit:
+            raise ValueError(message(int(static_n), int(static_per)))
+        return n
+    n = tf.convert_to_tensor(n)
+    total = tf.cast(n, tf.int64) * tf.cast(values_per_sample, tf.int64)
+    check = tf.debugging.Assert(
+        tf.logical_and(n >= 0, total <= limit),
+        ["dmfa_tf: `num_samples` must be >= 0, and num_samples x batch x event size at most "
+         "MAX_SAMPLE_VALUES = 2**28 values per call (draw more in several calls, with other "
+         "seeds). Received num_samples:", n, "values per sample:", values_per_sample],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(n)

@@ -62,8 +62,12 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from dmfa_tf.core import colour, linalg, rows
+from dmfa_tf.core import scales as scales_lib
 from dmfa_tf.core.rows import flatten_images, flatten_mask, static_shapes, unflatten_images
-from dmfa_tf.core.checks import ABSENT, MASK_CODES_MESSAGE, MISSING, OBSERVED, is_observed, valid_codes
+from dmfa_tf.core.checks import (
+    ABSENT, MASK_CODES_MESSAGE, MAX_SAMPLE_VALUES, MISSING, OBSERVED, check_mixture_shapes,
+    checked_sample_count, is_observed, valid_codes,
+)
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -86,13 +90,6 @@ __all__ = [
 # `dmfa_tf.core.checks` defines them.
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
-
-# The most values one `sample` call draws: S samples of a batch of B events of
-# N values are S x B x N values (2**28 of them are 1 GiB in float32). Without a
-# bound, `num_samples=2**30` through a SavedModel exhausts memory instead of
-# failing. Draw more in several calls, with different seeds.
-MAX_SAMPLE_VALUES = 2**28
-
 
 def _float_dtype(*values):
     for value in values:
@@ -138,6 +135,8 @@ class MaskedFactorMixture(tfd.Distribution):
         mask,
         observed=None,
         basis=None,
+        scales=None,
+        scale_logits=None,
         validate_args=False,
         allow_nan_stats=True,
         name="MaskedFactorMixture",
@@ -159,6 +158,10 @@ class MaskedFactorMixture(tfd.Distribution):
                 basis (`dmfa_tf.core.colour`): `logits`, `loc`, `factors` and
                 `diag` then describe each pixel's `C` values rotated by it,
                 and every channel of a pixel must share its mask code.
+            scales, scale_logits: optional `[..., J]` scale prior
+                (`dmfa_tf.core.scales`): each component's covariance times
+                `scales[j]` with probability `softmax(scale_logits)[j]`. Both
+                or neither.
             validate_args: check at run time that `diag > 0`, that the mask
                 holds only -1, 0 and 1, that parameters and observed values are
                 finite, and that `log_prob`'s scored values are finite.
@@ -185,6 +188,13 @@ class MaskedFactorMixture(tfd.Distribution):
             self._basis = (
                 None if basis is None else tf.convert_to_tensor(basis, dtype, name="basis")
             )
+            if (scales is None) != (scale_logits is None):
+                raise ValueError("`scales` and `scale_logits` come together: pass both or neither.")
+            self._scales = None if scales is None else tf.convert_to_tensor(scales, dtype, name="scales")
+            self._scale_logits = (
+                None if scale_logits is None
+                else tf.convert_to_tensor(scale_logits, dtype, name="scale_logits")
+            )
             self._check_static_shapes()
             super().__init__(
                 dtype=dtype,
@@ -209,6 +219,8 @@ class MaskedFactorMixture(tfd.Distribution):
             mask=tfp.util.ParameterProperties(event_ndims=1),
             observed=tfp.util.ParameterProperties(event_ndims=1),
             basis=tfp.util.ParameterProperties(event_ndims=2),
+            scales=tfp.util.ParameterProperties(event_ndims=1),
+            scale_logits=tfp.util.ParameterProperties(event_ndims=1),
         )
 
     @classmethod
@@ -219,7 +231,8 @@ class MaskedFactorMixture(tfd.Distribution):
             params: dict of the network's outputs, `logits [B, K]`,
                 `loc [B, K, N]`, `factors [B, K, N, L]`, `diag [B, K, N]`, with
                 `N = H * W * C` in `[H, W, C]` row-major order, and for a
-                model with a colour basis `basis [B, C, C]`.
+                model with a colour basis `basis [B, C, C]`, and with a
+                scale prior `scales [B, J]` and `scale_logits [B, J]`.
             mask: `[B, H, W, 1]` or `[B, H, W, C]` mask (1 / 0 / -1).
             image: optional `[B, H, W, C]` images; their observed pixels are
                 kept in samples, means and imputations.
@@ -235,7 +248,8 @@ class MaskedFactorMixture(tfd.Distribution):
         observed = None if image is None else flatten_images(image)
         return cls(
             params["logits"], loc, params["factors"], params["diag"], flat_mask,
-            observed=observed, basis=params.get("basis"), **kwargs,
+            observed=observed, basis=params.get("basis"), scales=params.get("scales"),
+            scale_logits=params.get("scale_logits"), **kwargs,
         )
 
     # === Properties ===
@@ -268,6 +282,43 @@ class MaskedFactorMixture(tfd.Distribution):
     def basis(self):
         return self._basis
 
+    @property
+    def scales(self):
+        return self._scales
+
+    @property
+    def scale_logits(self):
+        return self._scale_logits
+
+    def without_scale_prior(self):
+        """The same mixture with every scale 1 (itself if it has no scale prior)."""
+        return self if self._scales is None else self.copy(scales=None, scale_logits=None)
+
+    def coordinate_mixture(self):
+        """Each coordinate's 1-D marginal, a mixture of `K'` normals:
+        `(weights [B, K'], mean [B, K', N], variance [B, K', N])`, with
+        `K' = K` components, or `K * J` (component, scale) pairs with a
+        scale prior. In the coordinates of `x` (`coordinate_marginals`)."""
+        probs = self._probs()  # [B, K]
+        loc, variance = self.coordinate_marginals()  # [B, K, N] each
+        if self._scales is None:
+            return probs, loc, variance
+        weights = tf.math.softmax(self._scale_logits, axis=-1)  # [B, J]
+        shape = tf.concat([tf.shape(probs)[:-1], [-1]], 0)
+        probs = tf.reshape(probs[..., :, None] * weights[..., None, :], shape)  # [B, K * J]
+        loc = tf.repeat(loc, tf.shape(weights)[-1], axis=-2)  # [B, K * J, N]
+        variance = tf.reshape(
+            variance[..., :, None, :] * self._scales[..., None, :, None],
+            tf.concat([tf.shape(probs), tf.shape(variance)[-1:]], 0),
+        )  # [B, K * J, N]
+        return probs, loc, variance
+
+    def _mean_scale(self):
+        """`[B]` the scale prior's mean scale (1 without one)."""
+        if self._scales is None:
+            return tf.ones(tf.shape(self._logits)[:-1], self.dtype)
+        return tf.reduce_sum(tf.math.softmax(self._scale_logits, axis=-1) * self._scales, axis=-1)
+
     def coordinate_marginals(self):
         """Each coordinate's 1-D marginal under each component, in the
         coordinates of `x` (rotated back from the basis when there is one):
@@ -289,50 +340,10 @@ class MaskedFactorMixture(tfd.Distribution):
         return tf.compat.dimension_value(self._factors.shape[-1])
 
     def _check_static_shapes(self):
-        ranks = dict(logits=1, loc=2, factors=3, diag=2, mask=1, observed=1)
-        shapes = {}
-        for key, rank in ranks.items():
-            value = getattr(self, "_" + key)
-            if value is None:
-                continue
-            if value.shape.rank is not None and value.shape.rank < rank:
-                raise ValueError(
-                    f"`{key}` must have rank >= {rank}. "
-                    f"Received: {key}.shape={value.shape}"
-                )
-            shapes[key] = value.shape
-
-        def check(what, dims):
-            known = {k: d for k, d in dims.items() if d is not None}
-            if len(set(known.values())) > 1:
-                got = ", ".join(f"{k}: {d}" for k, d in known.items())
-                raise ValueError(f"Inconsistent {what}. Received {got}.")
-
-        def dim(key, axis):
-            shape = shapes.get(key)
-            if shape is None or shape.rank is None:
-                return None
-            return tf.compat.dimension_value(shape[axis])
-
-        check(
-            "number of components K (logits[-1], loc[-2], factors[-3], diag[-2])",
-            {
-                "logits.shape[-1]": dim("logits", -1),
-                "loc.shape[-2]": dim("loc", -2),
-                "factors.shape[-3]": dim("factors", -3),
-                "diag.shape[-2]": dim("diag", -2),
-            },
-        )
-        check(
-            "number of coordinates N (the event size)",
-            {
-                "loc.shape[-1]": dim("loc", -1),
-                "factors.shape[-2]": dim("factors", -2),
-                "diag.shape[-1]": dim("diag", -1),
-                "mask.shape[-1]": dim("mask", -1),
-                "observed.shape[-1]": dim("observed", -1),
-            },
-        )
+        check_mixture_shapes({
+            key: getattr(self, "_" + key)
+            for key in ("logits", "loc", "factors", "diag", "mask", "observed", "scales", "scale_logits")
+        })
 
     # === Shapes ===
 
@@ -356,7 +367,10 @@ class MaskedFactorMixture(tfd.Distribution):
                 tf.reduce_all(valid_codes(self._mask)), True, message=MASK_CODES_MESSAGE
             ),
         ]
-        for key in ("logits", "loc", "factors", "diag"):
+        if self._scales is not None:
+            assertions.append(tf.debugging.assert_positive(
+                self._scales, message="`scales` (the scale prior) must be > 0 everywhere."))
+        for key in ("logits", "loc", "factors", "diag") + (() if self._scales is None else ("scales", "scale_logits")):
             assertions.append(
                 tf.debugging.assert_equal(
                     tf.reduce_all(tf.math.is_finite(getattr(self, "_" + key))),
@@ -482,7 +496,10 @@ class MaskedFactorMixture(tfd.Distribution):
         whitened = self._whitened_factors()
         log_det, num_scored = whitened[-2:]
         mahalanobis = self._mahalanobis(x, whitened)  # [S, B, K]
-        return -0.5 * (mahalanobis + log_det) - _HALF_LOG_TWO_PI * num_scored
+        unit = -0.5 * (mahalanobis + log_det) - _HALF_LOG_TWO_PI * num_scored
+        if self._scales is None:
+            return unit
+        return scales_lib.component_log_prob(unit, mahalanobis, num_scored, self._scales, self._scale_logits)
 
     def _mahalanobis(self, x, whitened):
         scored_rows, selected, weight, factors, chol, _, _ = whitened
@@ -528,6 +545,7 @@ class MaskedFactorMixture(tfd.Distribution):
         loc, component_var = self.coordinate_marginals()  # [B, K, N] each
         mixture_mean = tf.reduce_sum(probs * loc, axis=-2, keepdims=True)  # [B, 1, N]
         spread = tf.square(loc - mixture_mean)  # [B, K, N]
+        component_var = component_var * self._mean_scale()[..., None, None]  # E[c] Sigma_k
         variance = tf.reduce_sum(probs * (component_var + spread), axis=-2)  # [B, N]
         return self._keep_observed(variance, fill=tf.zeros([], self.dtype))
 
@@ -589,6 +607,16 @@ class MaskedFactorMixture(tfd.Distribution):
                 dtype=self.dtype,
             )  # [n, B, 1, N]
             components += tf.sqrt(self._diag) * noise
+        if self._scales is not None:  # loc + sqrt(c_j) (factors z + sqrt(diag) e), j ~ w
+            scale_seed = tfp.random.split_seed(seed, n=2, salt="MaskedFactorMixture.scale")[0]
+            uniform = tf.random.stateless_uniform(
+                tf.concat([[n], tf.shape(self._scale_logits)], 0), seed=scale_seed,
+                minval=np.finfo(self.dtype.as_numpy_dtype).tiny, maxval=1.0, dtype=self.dtype,
+            )  # [n, B, J]
+            drawn = tf.argmax(self._scale_logits - tf.math.log(-tf.math.log(uniform)), axis=-1)
+            chosen = tf.one_hot(drawn, tf.shape(self._scales)[-1], dtype=self.dtype)  # [n, B, J]
+            root = tf.sqrt(tf.reduce_sum(chosen * self._scales, axis=-1))  # [n, B]
+            components = self._loc + root[..., None, None] * (components - self._loc)  # [n, B, K, N]
         draws = tf.reduce_sum(one_hot[..., None] * components, axis=-2)  # [n, B, N]
         return self._keep_observed(self._from_basis(draws))
 
@@ -599,35 +627,3 @@ def most_probable_component(logits):
     its "MSE". The one definition of it: the distribution, the losses and the
     mosaic call this."""
     return tf.argmax(logits, axis=-1, output_type=tf.int32)
-
-
-def checked_sample_count(n, values_per_sample):
-    """`n` if `0 <= n` and `n * values_per_sample <= MAX_SAMPLE_VALUES`: a
-    ValueError naming the bound for values known now (Python, eager), an
-    assertion in a graph."""
-    limit = MAX_SAMPLE_VALUES
-
-    def message(count, per):
-        return (
-            f"dmfa_tf: cannot draw {count} samples of {per} values each: at most "
-            f"MAX_SAMPLE_VALUES = 2**28 values per call (num_samples x batch x event size; "
-            "1 GiB of float32). Draw them in several calls, with other seeds."
-        )
-
-    static_n, static_per = tf.get_static_value(n), tf.get_static_value(values_per_sample)
-    if static_n is not None and static_per is not None:
-        if int(static_n) < 0:
-            raise ValueError(f"dmfa_tf: the number of samples must be >= 0. Received: {int(static_n)}")
-        if int(static_n) * int(static_per) > limit:
-            raise ValueError(message(int(static_n), int(static_per)))
-        return n
-    n = tf.convert_to_tensor(n)
-    total = tf.cast(n, tf.int64) * tf.cast(values_per_sample, tf.int64)
-    check = tf.debugging.Assert(
-        tf.logical_and(n >= 0, total <= limit),
-        ["dmfa_tf: `num_samples` must be >= 0, and num_samples x batch x event size at most "
-         "MAX_SAMPLE_VALUES = 2**28 values per call (draw more in several calls, with other "
-         "seeds). Received num_samples:", n, "values per sample:", values_per_sample],
-    )
-    with tf.control_dependencies([check]):
-        return tf.identity(n)

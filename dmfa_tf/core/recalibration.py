@@ -354,8 +354,9 @@ def marginal_cdf(dist, x, elementary=False, upper=False):
 
     Coordinate `i`'s marginal under `dist` is the mixture
     `sum_k w_k N(loc_k[i], diag_k[i] + sum_l factors_k[i, l]^2)`, `w =
-    softmax(logits)` (`dist.coordinate_marginals()`, which rotates them back
-    to RGB when the mixture has a colour basis).
+    softmax(logits)` (`dist.coordinate_mixture()`, which rotates them back
+    to RGB when the mixture has a colour basis, and has a term per component
+    and scale when it has a scale prior).
 
     Args:
         dist: a `MaskedFactorMixture` with batch shape `[B]`.
@@ -369,8 +370,8 @@ def marginal_cdf(dist, x, elementary=False, upper=False):
         mean anything).
     """
     x = tf.cast(x, dist.dtype)
-    probs = tf.math.softmax(dist.logits, axis=-1)  # [B, K]
-    loc, variance = dist.coordinate_marginals()  # [B, K, N] each (in RGB with a colour basis)
+    # [B, K], [B, K, N] each (in RGB with a colour basis; K * J terms with a scale prior)
+    probs, loc, variance = dist.coordinate_mixture()
     z = (tf.expand_dims(x, -2) - loc) / tf.sqrt(variance)  # [B, K, N]
     cdf = normal_cdf(-z if upper else z, elementary)
     return tf.reduce_sum(tf.expand_dims(probs, -1) * cdf, axis=-2)
@@ -391,7 +392,7 @@ def quantile(dist, p, iterations=60, elementary=False, upper=False):
         `[B, N]` values `x` with `F_i(x) = p` (every coordinate; only the
         missing ones mean anything).
     """
-    loc, variance = dist.coordinate_marginals()  # [B, K, N] each
+    _, loc, variance = dist.coordinate_mixture()  # [B, K, N] each (K * J with a scale prior)
     scale = tf.sqrt(variance)
     low = tf.reduce_min(loc - 40.0 * scale, axis=-2)
     high = tf.reduce_max(loc + 40.0 * scale, axis=-2)

@@ -102,6 +102,9 @@ def _batch_metrics(image, flat_mask, predictions, window):
         "psnr": tf.image.psnr(inpainted, image, max_val=1.0),
         "ssim": ssim(inpainted, image, filter_size=window),
         "mahalanobis": predictions.get("mahalanobis", unknown),
+        "mahalanobis_cdf": tf.cast(predictions.get("mahalanobis_cdf", unknown), tf.float32),
+        "mahalanobis_posterior_low": tf.cast(predictions.get("mahalanobis_posterior_low", unknown), tf.float32),
+        "mahalanobis_posterior_high": tf.cast(predictions.get("mahalanobis_posterior_high", unknown), tf.float32),
         "missing": tf.reduce_sum(tf.cast(scored, tf.float32), axis=-1),
     }
     pit = predictions.get("pit")
@@ -174,8 +177,13 @@ def calibration(scores):
         `[0, 0.1)`, ..., `[0.9, 1]`; ideally 0.1 each), `mahalanobis_images`
         (images with something missing), `mahalanobis_below_p1` and
         `mahalanobis_above_p99` (the share of them whose squared Mahalanobis
-        distance lies below the 1st / above the 99th percentile of
-        chi-squared with `missing` degrees of freedom; ideally 0.01 each),
+        distance under the most probable component lies below the 1st / above
+        the 99th percentile of its distribution under that component:
+        chi-squared with `missing` degrees of freedom, or with a scale prior
+        its mixture of scaled chi-squared; ideally 0.01 each),
+        `mahalanobis_posterior_below_p1` and `mahalanobis_posterior_above_p99`
+        (the same with the component drawn from its posterior given the whole
+        image, as expected shares: exactly 0.01 each if the model is right),
         `dequantization_step` (q of `score`: the values were dequantized by it;
         0 for the stored values), and, when `score` was given a
         recalibration, `recalibrated`: the coverages and PIT deciles of the
@@ -197,10 +205,22 @@ def calibration(scores):
     distance = np.asarray(scores["mahalanobis"], np.float64)
     dof = np.asarray(scores["missing"], np.float64)
     ok = usable & np.isfinite(distance) & (dof > 0)
-    low, high = (stats.chi2.ppf(q, dof[ok]) for q in CHI2_TAILS)
+    # The distance's distribution function under its component: chi-squared,
+    # or with a scale prior the scale mixture of chi-squared (`mahalanobis_cdf`).
+    cdf = np.asarray(scores.get("mahalanobis_cdf", np.full(len(distance), np.nan)), np.float64)
+    plain = ok & ~np.isfinite(cdf)
+    cdf = np.where(plain, stats.chi2.cdf(distance, np.maximum(dof, 1)), cdf)
+    low, high = CHI2_TAILS
     result["mahalanobis_images"] = int(ok.sum())
-    result["mahalanobis_below_p1"] = float(np.mean(distance[ok] < low)) if ok.any() else None
-    result["mahalanobis_above_p99"] = float(np.mean(distance[ok] > high)) if ok.any() else None
+    result["mahalanobis_below_p1"] = float(np.mean(cdf[ok] < low)) if ok.any() else None
+    result["mahalanobis_above_p99"] = float(np.mean(cdf[ok] > high)) if ok.any() else None
+    # The component drawn from its posterior given the whole image instead
+    # (expected shares): the same test, exact for a mixture if the model is
+    # right. One component (the Gaussian baselines): the same numbers.
+    for key, tail, beyond in (("below_p1", "low", cdf < low), ("above_p99", "high", cdf > high)):
+        share = np.asarray(scores.get(f"mahalanobis_posterior_{tail}", np.full(len(cdf), np.nan)), np.float64)
+        share = np.where(plain | ~np.isfinite(share), beyond, share)
+        result[f"mahalanobis_posterior_{key}"] = float(np.mean(share[ok])) if ok.any() else None
     return result
 
 

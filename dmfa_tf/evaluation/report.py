@@ -41,20 +41,22 @@ def comparison_table(rows):
     lines += [
         "",
         "| model | 50% interval coverage | 90% interval coverage | PIT deciles (ideal 0.100 each) "
-        "| χ² < 1st pct. | χ² > 99th pct. |",
-        "|---|---:|---:|---|---:|---:|",
+        "| χ² < 1st pct. | χ² > 99th pct. | the same, posterior component |",
+        "|---|---:|---:|---|---:|---:|---:|",
     ]
     for label, summary in rows:
         result = summary.get("calibration")
         if result is None:
-            lines.append(f"| {label} | n/a | n/a | n/a | n/a | n/a |")
+            lines.append(f"| {label} | n/a | n/a | n/a | n/a | n/a | n/a |")
             continue
         deciles = result["pit_deciles"]
         deciles = "n/a" if deciles is None else " ".join(f"{v:.3f}" for v in deciles)
         lines.append(
             f"| {label} | {share(result['coverage_50'])} | {share(result['coverage_90'])} | "
             f"{deciles} | {share(result['mahalanobis_below_p1'])} | "
-            f"{share(result['mahalanobis_above_p99'])} |"
+            f"{share(result['mahalanobis_above_p99'])} | "
+            f"{share(result.get('mahalanobis_posterior_below_p1'))} / "
+            f"{share(result.get('mahalanobis_posterior_above_p99'))} |"
         )
         recalibrated = result.get("recalibrated")
         if recalibrated:
@@ -62,7 +64,7 @@ def comparison_table(rows):
             fitted_for = f" ({recalibrated['map_mask']} map)" if recalibrated.get("map_mask") else ""
             lines.append(
                 f"| {label}, recalibrated intervals{fitted_for} | {share(recalibrated['coverage_50'])} | "
-                f"{share(recalibrated['coverage_90'])} | {deciles} | – | – |"
+                f"{share(recalibrated['coverage_90'])} | {deciles} | – | – | – |"
             )
     steps = {
         (summary.get("calibration") or {}).get("dequantization_step") for _, summary in rows

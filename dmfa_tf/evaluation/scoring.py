@@ -11,11 +11,13 @@ import tensorflow as tf
 
 from dmfa_tf import masks as masks_lib
 from dmfa_tf.core.distribution import (
+    MISSING,
     OBSERVED,
     MaskedFactorMixture,
     flatten_images,
     flatten_mask,
 )
+from dmfa_tf.core import scales as scales_lib
 from dmfa_tf.core.recalibration import marginal_cdf
 from dmfa_tf.data import dequantization, sources
 from dmfa_tf.evaluation.metrics import _batch_metrics
@@ -44,9 +46,9 @@ def _expected_retracing():
         logger.removeFilter(noise)
 
 
-def _mixture_step(model, window, recalibration=None, pit_histogram_bins=None):
+def _mixture_step(model, window, recalibration=None, pit_histogram_bins=None, components=False):
     """The traced scoring step of a model that returns mixture parameters
-    (`recalibration`, `pit_histogram_bins`: as `score`)."""
+    (`recalibration`, `pit_histogram_bins`, `components`: as `score`)."""
 
     def step(batch):
         image, batch_mask = batch["image"], batch["mask"]
@@ -55,22 +57,41 @@ def _mixture_step(model, window, recalibration=None, pit_histogram_bins=None):
         target = tf.cast(flatten_images(image), dist.dtype)  # [B, N]
         # Calibration at the dequantized values (dmfa_tf.data.dequantization).
         calibrated = tf.cast(flatten_images(batch["calibration_image"]), dist.dtype)
-        distances = dist.component_mahalanobis(calibrated)  # [B, K]
+        distances = dist.component_mahalanobis(calibrated)  # [B, K], at scale 1
         best = dist.most_probable_component()  # [B]: the imputation's component
+        distance = tf.gather(distances, best, axis=-1, batch_dims=1)
+        missing = tf.reduce_sum(tf.cast(tf.equal(dist.mask, MISSING), dist.dtype), axis=-1)  # [B]
         predictions = {
             "imputation": dist.imputation(),
             "mixture_mean": dist.mean(),
             "nll": -dist.log_prob(target),
             "pit": marginal_cdf(dist, calibrated),
-            "mahalanobis": tf.gather(distances, best, axis=-1, batch_dims=1),
+            "mahalanobis": distance,
         }
+        # The distances' distribution functions under their components (with
+        # the scale prior): of the most probable one, and the share of the
+        # component's posterior given the whole image beyond each tail.
+        cdfs = scales_lib.mahalanobis_cdf(distances, missing, dist.scales, dist.scale_logits)  # [B, K]
+        predictions["mahalanobis_cdf"] = tf.gather(cdfs, best, axis=-1, batch_dims=1)
+        posterior = tf.math.softmax(
+            dist.component_log_prob(calibrated) + tf.math.log_softmax(dist.logits, axis=-1), axis=-1
+        )  # [B, K]
+        for key, beyond in (("low", cdfs < 0.01), ("high", cdfs > 0.99)):
+            predictions[f"mahalanobis_posterior_{key}"] = tf.reduce_sum(
+                posterior * tf.cast(beyond, posterior.dtype), axis=-1)
         if recalibration is not None or pit_histogram_bins:
             predictions["sd"] = dist.stddev()  # the recalibration groups pixels by it
         if recalibration is not None:
             predictions["pit_recalibrated"] = recalibration(predictions["pit"], predictions["sd"])
         if pit_histogram_bins:
             predictions["pit_histogram_bins"] = int(pit_histogram_bins)
-        return _batch_metrics(image, tf.cast(dist.mask, tf.float32), predictions, window)
+        out = _batch_metrics(image, tf.cast(dist.mask, tf.float32), predictions, window)
+        if components:  # at scale 1, at the stored values (those of the NLL)
+            unit = dist.without_scale_prior()
+            out["component_log_prob"] = unit.component_log_prob(target)  # [B, K]
+            out["component_mahalanobis"] = unit.component_mahalanobis(target)  # [B, K]
+            out["logits"] = unit.logits  # [B, K]
+        return out
 
     # Without autograph the (single) trace takes about a second instead of
     # several. A model whose Python control flow depends on tensors cannot be
@@ -141,7 +162,7 @@ def _pad(batch, size):
 
 
 def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="auto",
-          recalibration=None, pit_histogram_bins=None):
+          recalibration=None, pit_histogram_bins=None, components=False):
     """Per-image scores of `model` on `images` with seeded masks.
 
     Args:
@@ -177,13 +198,18 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
             in this many bins (`recalibration.pit_bin`), per cell of their predictive
             sd on `recalibration.SD_GRID` (what
             `recalibration.Recalibration.from_counts` fits).
+        components: also return, at the stored values and without the scale
+            prior, `component_log_prob` and `component_mahalanobis` `[n, K]`
+            and the mixture `logits` `[n, K]` (what `scales.fit_weights` fits).
 
     Returns:
         dict of `[n]` float64 arrays: `nll`, `squared_error` (of the most
         probable imputation), `squared_error_mixture_mean` (of the mixture
         mean; for a baseline with `predict_missing`, of its `mean` output, NaN
         without one), `psnr`, `ssim`,
-        `mahalanobis`, `missing` (the number of scored coordinates per image),
+        `mahalanobis` (under the most probable component, at scale 1),
+        `mahalanobis_cdf` (its distribution function under that component
+        with its scale prior, `scales.mahalanobis_cdf`), `missing` (the number of scored coordinates per image),
         `inside_50` and `inside_90` (how many of them lie in the central 50% /
         90% interval of their marginal), and `pit_counts` `[n, 10]` (how many
         have their PIT in each tenth), and `dequantization_step` (q, the same
@@ -232,7 +258,7 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
     data = data.map(with_calibration_image).prefetch(tf.data.AUTOTUNE)
     window = min(11, image_shape[0], image_shape[1])
     predictor = hasattr(model, "predict_missing")
-    if predictor and (recalibration is not None or pit_histogram_bins):
+    if predictor and (recalibration is not None or pit_histogram_bins or components):
         raise ValueError(
             "Recalibrated intervals are for models that return mixture parameters "
             "(DMFA, MFA), not for scikit-learn style baselines."
@@ -240,7 +266,7 @@ def score(model, images, mask, seed=0, batch_size=256, verbose=0, dequantize="au
     if predictor:
         step = _predictor_step(model, window)
     else:
-        step = _mixture_step(model, window, recalibration, pit_histogram_bins)
+        step = _mixture_step(model, window, recalibration, pit_histogram_bins, components)
 
     steps = -(-count // batch_size)
     progress = keras.utils.Progbar(steps, verbose=verbose, unit_name="batch")

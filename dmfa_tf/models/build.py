@@ -7,9 +7,9 @@ import numpy as np
 from dmfa_tf.models.backbones import ARCHITECTURES
 from dmfa_tf.models.device import PRECISIONS, resolve_precision
 from dmfa_tf.models.dmfa_model import DMFAModel
-from dmfa_tf.models.layers import ObservedInput
+from dmfa_tf.models.layers import ObservedInput, ScalePrior
 
-__all__ = ["build_model"]
+__all__ = ["build_model", "with_scale_prior"]
 
 
 def build_model(
@@ -157,3 +157,19 @@ def build_model(
         outputs=outputs,
         name=name or f"dmfa_{architecture}",
     )
+
+
+def with_scale_prior(model, scales, weights):
+    """`model` with a scale prior (`ScalePrior`; `dmfa_tf.core.scales`) added
+    to its outputs, or replacing the one it has; `scales=None` removes it.
+
+    The new model shares the layers (and so the weights) of `model`, keeps its
+    training objective and name, and is not compiled.
+    """
+    outputs = {key: value for key, value in model.output.items() if key not in ("scales", "scale_logits")}
+    if scales is not None:
+        outputs.update(ScalePrior(scales, weights, name="scale_prior")(outputs["logits"]))
+    rebuilt = DMFAModel(inputs=model.input, outputs=outputs, name=model.name)
+    rebuilt.objective = model.objective
+    return rebuilt
+

@@ -19,6 +19,7 @@ __all__ = [
     "ConvMixtureHead",
     "DenseMixtureHead",
     "ObservedInput",
+    "ScalePrior",
     "constrain_diag",
     "constrain_factors",
 ]
@@ -475,3 +476,60 @@ class ConvMixtureHead(_MixtureHead):
         config = super().get_config()
         config["kernel_size"] = self.kernel_size
         return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ScalePrior(keras.layers.Layer):
+    """The scale prior of the mixture (`dmfa_tf.core.scales`): each
+    component's covariance times `scales[j]` with probability `weights[j]`,
+    the same for every image.
+
+    Fitted after training, on the validation split (`train.py`, or
+    `evaluate.py --fit-scale-prior`), and added to the network's outputs
+    (`dmfa_tf.models.with_scale_prior`), so a saved model, its SavedModel
+    and its TFLite file carry it.
+
+    Args:
+        scales: `J` positive floats.
+        weights: `J` positive floats (normalised here).
+
+    Input shape:
+        `logits` `[B, K]` (only its batch size is read).
+
+    Output:
+        `{"scales": [B, J], "scale_logits": [B, J]}`, every row the same.
+    """
+
+    def __init__(self, scales, weights, **kwargs):
+        super().__init__(**kwargs)
+        scales = [float(c) for c in scales]
+        weights = [float(w) for w in weights]
+        if not scales or len(scales) != len(weights):
+            raise ValueError(
+                "`scales` and `weights` must be two non-empty lists of the same length. "
+                f"Received: {len(scales)} scales and {len(weights)} weights."
+            )
+        bad = [v for v in scales + weights if not v > 0.0 or v == float("inf")]
+        if bad:
+            raise ValueError(f"Scales and their weights must be positive and finite. Received: {bad[0]!r}")
+        total = sum(weights)
+        self.scales, self.scale_weights = scales, [w / total for w in weights]
+
+    def call(self, logits):
+        rows = ops.shape(logits)[0]
+        dtype = logits.dtype
+        scales = ops.convert_to_tensor(self.scales, dtype=dtype)
+        log_weights = ops.log(ops.convert_to_tensor(self.scale_weights, dtype=dtype))
+        size = len(self.scales)
+        return {
+            "scales": ops.broadcast_to(scales[None, :], (rows, size)),
+            "scale_logits": ops.broadcast_to(log_weights[None, :], (rows, size)),
+        }
+
+    def compute_output_spec(self, logits):
+        shape = (logits.shape[0], len(self.scales))
+        return {key: keras.KerasTensor(shape, dtype=logits.dtype) for key in ("scales", "scale_logits")}
+
+    def get_config(self):
+        return {**super().get_config(), "scales": self.scales, "weights": self.scale_weights}
+

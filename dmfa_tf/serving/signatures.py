@@ -20,7 +20,7 @@ Inputs of every signature: `image` float32 `[B, H, W, C]` in [0, 1] and
 | `serving_default` | | `imputation` `[B, H, W, C]` (observed pixels kept, missing ones the mean of the most probable component), `variance` `[B, H, W, C]` (the mixture's predictive variance, 0 where observed), `mixture_weights` `[B, K]` |
 | `log_prob` | | `log_prob` `[B]`: `log p(x_missing \\| x_observed)` in nats (-NLL) |
 | `sample` | `num_samples` int32 `[]`, `seed` int32 `[2]` | `samples` `[S, B, H, W, C]`, observed pixels kept; the same seed gives the same samples; `S * B * H * W * C` at most `MAX_SAMPLE_VALUES` (2**28) |
-| `parameters` | | `logits` `[B, K]`, `loc` `[B, K, N]`, `factors` `[B, K, N, L]`, `diag` `[B, K, N]` |
+| `parameters` | | `logits` `[B, K]`, `loc` `[B, K, N]`, `factors` `[B, K, N, L]`, `diag` `[B, K, N]`; with a colour basis `basis` `[B, C, C]`; with a scale prior `scales` and `scale_logits` `[B, J]` (`MaskedFactorMixture.from_images` takes them all) |
 | `intervals` | `level` float32 `[]` in (0, 1) | `lower`, `upper` `[B, H, W, C]`: each pixel's central `level` interval (`recalibration.interval`), recalibrated when the export was given a `recalibration.Recalibration` (the CLI uses the model folder's first map); observed pixels: their value |
 
 Bad input stops a SavedModel call with an `InvalidArgumentError` that names
@@ -118,8 +118,9 @@ def _parameters(model, image, mask):
             f"The model must return a dict with {list(PARAMETER_KEYS)}; missing {missing}. "
             f"Received keys: {sorted(params)}"
         )
-    # A model in a colour basis (`dmfa_tf.core.colour`) also returns `basis`.
-    keys = PARAMETER_KEYS + (("basis",) if "basis" in params else ())
+    # A model in a colour basis (`dmfa_tf.core.colour`) also returns `basis`,
+    # one with a scale prior (`dmfa_tf.core.scales`) `scales` and `scale_logits`.
+    keys = PARAMETER_KEYS + tuple(k for k in ("basis", "scales", "scale_logits") if k in params)
     return {key: tf.cast(params[key], tf.float32) for key in keys}
 
 

@@ -193,6 +193,14 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
         f"seed {config.eval_seed})",
     )
 
+    scale_prior = None
+    if config.scale_prior == "on" and data.val is not None and len(data.val):
+        if verbose:
+            print(f"Fitting the scale prior on {len(data.val):,} validation images "
+                  f"({test_mask.spec()}, seed {config.eval_seed})")
+        model, scale_prior = evaluation.fit_scale_prior(
+            model, data.val, test_mask, config.eval_seed, verbose=verbose
+        )
     fitted = fit_recalibration(model, data.val, test_mask, config, verbose)
     if verbose:
         print(f"Scoring {len(test_images):,} test images ({test_mask.spec()}, seed {config.eval_seed})")
@@ -212,6 +220,7 @@ def train_and_evaluate(config, verbose=1, command=None, callbacks=()):
             "absent_training_pixels": absent_share,
         },
         "selection": selection,
+        "scale_prior": scale_prior,
         **_nll_and_mse(model_scores),
         "calibration": evaluation.calibration(model_scores),
         "baseline": baseline,
