@@ -290,3 +290,29 @@ def test_posterior_shares_equal_the_most_probable_ones_for_one_component():
     # The distribution function is chi-squared's without a scale prior.
     np.testing.assert_allclose(
         scores["mahalanobis_cdf"], stats.chi2.cdf(scores["mahalanobis"], scores["missing"]), rtol=2e-4, atol=1e-6)
+
+
+def test_savedmodel_and_tflite_carry_the_scale_prior(tmp_path):
+    import dmfa_tf
+    from dmfa_tf import serving
+
+    keras.utils.set_random_seed(3)
+    model = with_scale_prior(build_model((8, 8, 1), "mlp", components=2, factors=2), SCALES, WEIGHTS)
+    path = dmfa_tf.export_saved_model(model, str(tmp_path / "digits"), tflite=True)
+    rng = np.random.default_rng(12)
+    image = rng.uniform(size=(3, 8, 8, 1)).astype(np.float32)
+    mask = np.ones((3, 8, 8, 1), np.float32)
+    mask[:, 2:6, 1:5] = 0
+    dist = model.mixture(image, mask)
+    flat = image.reshape(3, -1)
+    want = dist.log_prob(flat).numpy()
+    assert np.all(np.abs(want - dist.without_scale_prior().log_prob(flat).numpy()) > 1e-3)
+    loaded = tf.saved_model.load(path)
+    got = loaded.signatures["log_prob"](image=tf.constant(image), mask=tf.constant(mask))["log_prob"].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    params = loaded.signatures["parameters"](image=tf.constant(image), mask=tf.constant(mask))
+    np.testing.assert_allclose(params["scales"].numpy(), np.tile(SCALES, (3, 1)), rtol=1e-6)
+    lite = serving.run_tflite(os.path.join(path, "model.tflite"), "log_prob", image=image, mask=mask)
+    np.testing.assert_allclose(lite["log_prob"], want, rtol=1e-5, atol=1e-3)
+    impute = serving.run_tflite(os.path.join(path, "model.tflite"), "impute", image=image, mask=mask)
+    np.testing.assert_allclose(impute["variance"].reshape(3, -1), dist.variance().numpy(), rtol=1e-4, atol=1e-6)
