@@ -308,8 +308,12 @@ def _fit_scale_prior(spec, images, generator, dataset, split, seed, batch_size, 
             metrics = json.load(f)
         metrics["scale_prior"] = {**record, "split": split, "fitted_by": "evaluate.py --fit-scale-prior"}
     with files.atomic_path(os.path.join(spec.path, "model.keras")) as partial:
-        fitted_model.save(partial + ".keras")
-        os.replace(partial + ".keras", partial)
+        try:  # Keras wants the .keras suffix
+            fitted_model.save(partial + ".keras")
+            os.replace(partial + ".keras", partial)
+        finally:
+            if os.path.exists(partial + ".keras"):
+                os.remove(partial + ".keras")
     if maps:
         evaluation.write_json(os.path.join(spec.path, recalibration.FILE), recalibration.file_content(maps))
     if metrics is not None:
