@@ -316,3 +316,26 @@ def test_savedmodel_and_tflite_carry_the_scale_prior(tmp_path):
     np.testing.assert_allclose(lite["log_prob"], want, rtol=1e-5, atol=1e-3)
     impute = serving.run_tflite(os.path.join(path, "model.tflite"), "impute", image=image, mask=mask)
     np.testing.assert_allclose(impute["variance"].reshape(3, -1), dist.variance().numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_train_fits_the_prior_by_default_and_off_leaves_it_out(tmp_path):
+    from dmfa_tf.config import TrainConfig
+    from dmfa_tf.training import train_and_evaluate
+
+    def run(name, **overrides):
+        config = TrainConfig.preset("tiny", epochs=1, output=str(tmp_path / name / "digits"),
+                                    workdir=str(tmp_path / name / "runs"), **overrides)
+        return train_and_evaluate(config, verbose=0), saving.load(str(tmp_path / name / "digits"))
+
+    metrics, model = run("on")
+    prior = metrics["scale_prior"]
+    assert prior["images"] == 180 and prior["mask"] == "4x4" and prior["nll"] <= prior["nll_without"]
+    assert model.get_layer("scale_prior").scales == pytest.approx(prior["scales"])
+    assert sum(prior["weights"]) == pytest.approx(1.0)
+    assert set(prior["scales"]) <= set(scales_lib.DEFAULT_SCALES)
+    metrics, model = run("off", scale_prior="off")
+    assert metrics["scale_prior"] is None and "scales" not in model.output
+    with pytest.raises(ValueError, match="`scale_prior` must be one of \\('on', 'off'\\). Received: scale_prior='yes'"):
+        TrainConfig.preset("tiny", scale_prior="yes").resolved()
+    with pytest.raises(ValueError, match="--scale-prior applies to DMFA networks"):
+        TrainConfig(dataset="digits", model="mfa", scale_prior="off").resolved()
