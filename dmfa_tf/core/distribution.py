@@ -313,12 +313,6 @@ class MaskedFactorMixture(tfd.Distribution):
         )  # [B, K * J, N]
         return probs, loc, variance
 
-    def _mean_scale(self):
-        """`[B]` the scale prior's mean scale (1 without one)."""
-        if self._scales is None:
-            return tf.ones(tf.shape(self._logits)[:-1], self.dtype)
-        return tf.reduce_sum(tf.math.softmax(self._scale_logits, axis=-1) * self._scales, axis=-1)
-
     def coordinate_marginals(self):
         """Each coordinate's 1-D marginal under each component, in the
         coordinates of `x` (rotated back from the basis when there is one):
@@ -492,14 +486,26 @@ class MaskedFactorMixture(tfd.Distribution):
             with tf.control_dependencies(self._sample_control_dependencies(x)):
                 return self._mahalanobis(x, self._whitened_factors())
 
+    def component_log_prob_and_mahalanobis(self, x, name="component_log_prob_and_mahalanobis"):
+        """`(component_log_prob(x), component_mahalanobis(x))`, each `[S, B, K]`,
+        from one Woodbury pass instead of two."""
+        with self._name_and_control_scope(name):
+            x = tf.convert_to_tensor(x, self.dtype, name="x")
+            with tf.control_dependencies(self._sample_control_dependencies(x)):
+                return self._component_terms(x)
+
     def _component_log_prob(self, x):
+        return self._component_terms(x)[0]
+
+    def _component_terms(self, x):
         whitened = self._whitened_factors()
         log_det, num_scored = whitened[-2:]
         mahalanobis = self._mahalanobis(x, whitened)  # [S, B, K]
-        unit = -0.5 * (mahalanobis + log_det) - _HALF_LOG_TWO_PI * num_scored
-        if self._scales is None:
-            return unit
-        return scales_lib.component_log_prob(unit, mahalanobis, num_scored, self._scales, self._scale_logits)
+        log_prob = -0.5 * (mahalanobis + log_det) - _HALF_LOG_TWO_PI * num_scored
+        if self._scales is not None:
+            log_prob = scales_lib.component_log_prob(
+                log_prob, mahalanobis, num_scored, self._scales, self._scale_logits)
+        return log_prob, mahalanobis
 
     def _mahalanobis(self, x, whitened):
         scored_rows, selected, weight, factors, chol, _, _ = whitened
@@ -545,7 +551,9 @@ class MaskedFactorMixture(tfd.Distribution):
         loc, component_var = self.coordinate_marginals()  # [B, K, N] each
         mixture_mean = tf.reduce_sum(probs * loc, axis=-2, keepdims=True)  # [B, 1, N]
         spread = tf.square(loc - mixture_mean)  # [B, K, N]
-        component_var = component_var * self._mean_scale()[..., None, None]  # E[c] Sigma_k
+        if self._scales is not None:  # E[c] Sigma_k
+            mean_scale = tf.reduce_sum(tf.math.softmax(self._scale_logits, axis=-1) * self._scales, axis=-1)
+            component_var = component_var * mean_scale[..., None, None]
         variance = tf.reduce_sum(probs * (component_var + spread), axis=-2)  # [B, N]
         return self._keep_observed(variance, fill=tf.zeros([], self.dtype))
 

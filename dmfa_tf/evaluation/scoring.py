@@ -20,7 +20,7 @@ from dmfa_tf.core.distribution import (
 from dmfa_tf.core import scales as scales_lib
 from dmfa_tf.core.recalibration import marginal_cdf
 from dmfa_tf.data import dequantization, sources
-from dmfa_tf.evaluation.metrics import _batch_metrics
+from dmfa_tf.evaluation.metrics import CHI2_TAILS, _batch_metrics
 
 
 class _RetracingNoise(logging.Filter):
@@ -57,7 +57,8 @@ def _mixture_step(model, window, recalibration=None, pit_histogram_bins=None, co
         target = tf.cast(flatten_images(image), dist.dtype)  # [B, N]
         # Calibration at the dequantized values (dmfa_tf.data.dequantization).
         calibrated = tf.cast(flatten_images(batch["calibration_image"]), dist.dtype)
-        distances = dist.component_mahalanobis(calibrated)  # [B, K], at scale 1
+        # [B, K] each: log densities (with the scale prior), distances at scale 1
+        component_log_prob, distances = dist.component_log_prob_and_mahalanobis(calibrated)
         best = dist.most_probable_component()  # [B]: the imputation's component
         distance = tf.gather(distances, best, axis=-1, batch_dims=1)
         missing = tf.reduce_sum(tf.cast(tf.equal(dist.mask, MISSING), dist.dtype), axis=-1)  # [B]
@@ -74,9 +75,10 @@ def _mixture_step(model, window, recalibration=None, pit_histogram_bins=None, co
         cdfs = scales_lib.mahalanobis_cdf(distances, missing, dist.scales, dist.scale_logits)  # [B, K]
         predictions["mahalanobis_cdf"] = tf.gather(cdfs, best, axis=-1, batch_dims=1)
         posterior = tf.math.softmax(
-            dist.component_log_prob(calibrated) + tf.math.log_softmax(dist.logits, axis=-1), axis=-1
+            component_log_prob + tf.math.log_softmax(dist.logits, axis=-1), axis=-1
         )  # [B, K]
-        for key, beyond in (("low", cdfs < 0.01), ("high", cdfs > 0.99)):
+        low, high = CHI2_TAILS
+        for key, beyond in (("low", cdfs < low), ("high", cdfs > high)):
             predictions[f"mahalanobis_posterior_{key}"] = tf.reduce_sum(
                 posterior * tf.cast(beyond, posterior.dtype), axis=-1)
         if recalibration is not None or pit_histogram_bins:
@@ -88,8 +90,8 @@ def _mixture_step(model, window, recalibration=None, pit_histogram_bins=None, co
         out = _batch_metrics(image, tf.cast(dist.mask, tf.float32), predictions, window)
         if components:  # at scale 1, at the stored values (those of the NLL)
             unit = dist.without_scale_prior()
-            out["component_log_prob"] = unit.component_log_prob(target)  # [B, K]
-            out["component_mahalanobis"] = unit.component_mahalanobis(target)  # [B, K]
+            out["component_log_prob"], out["component_mahalanobis"] = (
+                unit.component_log_prob_and_mahalanobis(target))  # [B, K] each
             out["logits"] = unit.logits  # [B, K]
         return out
 
